@@ -1,0 +1,1 @@
+"""Tools for policy authors: tests with coverage, static checks, semantic diffs, decision maps."""

@@ -1,0 +1,97 @@
+"""Errors as data: located diagnostics, collected before failing, rendered as text or JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from difflib import get_close_matches
+from typing import Iterable
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """A place in a source file; line and col are 1-based (0 = unknown)."""
+
+    file: str = ""
+    line: int = 0
+    col: int = 0
+
+    def __str__(self) -> str:
+        if not self.file:
+            return "<input>"
+        if not self.line:
+            return self.file
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem: a stable code, a message, where it is, and a one-line hint on what to do."""
+
+    code: str
+    message: str
+    location: Location = field(default_factory=Location)
+    help: str = ""
+    severity: str = "error"  # "error" | "warning"
+    path: str = ""  # the field path inside the document, e.g. rules[3].when.fact
+
+    def sort_key(self) -> tuple:
+        """Return the key that orders diagnostics by file, line, column, then code."""
+        loc = self.location
+        return (loc.file, loc.line, loc.col, self.code, self.message)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-safe dict of this diagnostic."""
+        data = asdict(self)
+        data["location"] = asdict(self.location)
+        return data
+
+    def render(self) -> str:
+        """Return the human-readable form: ``file:line:col: error[code]: message`` plus help."""
+        where = str(self.location)
+        field_txt = f" (at {self.path})" if self.path else ""
+        text = f"{where}: {self.severity}[{self.code}]: {self.message}{field_txt}"
+        if self.help:
+            text += f"\n  help: {self.help}"
+        return text
+
+
+class DiagnosticError(Exception):
+    """An input was rejected; carries every diagnostic found, sorted by location."""
+
+    exit_code = 2
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        super().__init__(render_text(self.diagnostics))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        """Return only the error-severity diagnostics."""
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+def render_text(diagnostics: Iterable[Diagnostic]) -> str:
+    """Return all diagnostics as text, one block each, followed by a count line."""
+    diags = list(diagnostics)
+    lines = [d.render() for d in diags]
+    n_err = sum(1 for d in diags if d.severity == "error")
+    n_warn = len(diags) - n_err
+    lines.append(f"{n_err} error(s), {n_warn} warning(s)")
+    return "\n".join(lines)
+
+
+def render_json(diagnostics: Iterable[Diagnostic]) -> str:
+    """Return all diagnostics as a JSON document ``{"diagnostics": [...]}``."""
+    return json.dumps({"diagnostics": [d.to_dict() for d in diagnostics]}, indent=2)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return a ``did you mean `x`?`` hint for the closest candidate, or a list of valid names."""
+    options = sorted(set(candidates))
+    close = get_close_matches(name, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean `{close[0]}`?"
+    if len(options) <= 12:
+        return "valid: " + ", ".join(f"`{o}`" for o in options)
+    return f"{len(options)} names are valid; see the documentation"

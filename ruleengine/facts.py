@@ -1,0 +1,200 @@
+"""Facts: the input contract. Loading (YAML/JSON with locations), validation and normalization.
+
+Normalized facts are complete: every fact a rule may reference has a value, taken from the
+input, from the policy's ``defaults.facts``, or derived (``task.shift`` from the use-case row).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
+from .paths import load_schema
+from .schema_check import validate
+from .units import parse_count
+from .yamlsafe import LocatedDoc, load_yaml_file
+
+
+class FactsError(DiagnosticError):
+    """The facts are invalid; ``diagnostics`` names each field, with file:line:col when from a file."""
+
+    exit_code = 2
+
+
+@dataclass
+class FactsInput:
+    """Facts as given, with a way to locate each field (file position or CLI flag)."""
+
+    data: dict
+    doc: LocatedDoc | None = None
+    flag_paths: dict[tuple, str] = field(default_factory=dict)  # path -> "--flag" that set it
+
+    def locate(self, path: tuple, key: bool = False) -> Location:
+        """Return where ``path`` was given: the CLI flag, the file position, or the input as a whole."""
+        probe = tuple(path)
+        while probe:
+            if probe in self.flag_paths:
+                return Location(self.flag_paths[probe])
+            probe = probe[:-1]
+        if self.doc is not None:
+            return self.doc.loc(path, key)
+        return Location("<facts>")
+
+
+def load_facts_file(path: str | os.PathLike) -> FactsInput:
+    """Read a facts file (YAML or JSON). Raises FactsError naming the file, line and column."""
+    try:
+        doc = load_yaml_file(str(path))
+    except DiagnosticError as exc:
+        raise FactsError(exc.diagnostics) from None
+    if doc.data is None:
+        doc.data = {}
+    if not isinstance(doc.data, dict):
+        raise FactsError([Diagnostic("facts-not-mapping", "a facts file must be a mapping (model:, hardware:, ...)",
+                                     Location(str(path), 1, 1), "see schemas/facts.schema.json")])
+    return FactsInput(doc.data, doc)
+
+
+def merge_facts(base: FactsInput, overrides: dict[tuple, tuple[Any, str]]) -> FactsInput:
+    """Return ``base`` with CLI overrides applied: ``{path: (value, "--flag")}``; flags win over the file."""
+    data = copy.deepcopy(base.data)
+    flags = dict(base.flag_paths)
+    for path, (value, flag) in overrides.items():
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = value
+        flags[path] = flag
+    return FactsInput(data, base.doc, flags)
+
+
+def _get(d: dict, dotted: str) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _count(inp: FactsInput, diags: list[Diagnostic], path: tuple, value: Any, integer: bool = False) -> float | None:
+    try:
+        number = parse_count(value)
+    except ValueError as exc:
+        diags.append(Diagnostic("facts-bad-count", str(exc), inp.locate(path), "write e.g. 7B, 350M, 50k or 12000",
+                                path=".".join(map(str, path))))
+        return None
+    return float(round(number)) if integer else number
+
+
+def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str, ...] = ("model", "hardware", "data"),
+                    resolve_config: Callable[[str, FactsInput], Any] | None = None) -> dict:
+    """Return complete, typed facts (nested dict) from the facts as given and the policy's defaults.
+
+    ``require`` names the groups that must be present (estimate needs no data). Raises FactsError
+    with every problem found (unknown fields with did-you-mean, wrong types, impossible values).
+    """
+    inp = given if isinstance(given, FactsInput) else FactsInput(given)
+    diags = validate(inp.data, load_schema("facts.schema.json"), inp.locate, "facts")
+    if diags:
+        raise FactsError(diags)
+    data = copy.deepcopy(inp.data)
+    defaults = (policy.defaults.get("facts") or {})
+    model = dict(data.get("model") or {})
+    hardware = {**(defaults.get("hardware") or {}), **(data.get("hardware") or {})}
+    dat = {**(defaults.get("data") or {}), **(data.get("data") or {})}
+    task = {**(defaults.get("task") or {}), **(data.get("task") or {})}
+    serving = {**(defaults.get("serving") or {}), **(data.get("serving") or {})}
+    training = dict(data.get("training") or {})
+
+    if "model" in require and "params" not in model and "config" not in model:
+        diags.append(Diagnostic("facts-missing-model", "the model size is missing", inp.locate(("model",)),
+                                "give model.params (e.g. 7B, flag --model-params) or model.config (a config.json path)",
+                                path="model"))
+    if "params" in model:
+        model["params"] = _count(inp, diags, ("model", "params"), model["params"])
+        if model["params"] is not None and model["params"] < 1e6:
+            diags.append(Diagnostic("facts-implausible", f"model.params = {model['params']:g} is below 1M",
+                                    inp.locate(("model", "params")), "write the count with a suffix, e.g. 7B",
+                                    path="model.params"))
+    if "hardware" in require and "gpu" not in hardware and "gpu_memory_gb" not in hardware:
+        diags.append(Diagnostic("facts-missing-gpu", "the GPU is missing", inp.locate(("hardware",)),
+                                "give hardware.gpu (one of: " + ", ".join(policy.gpus) + ") or hardware.gpu_memory_gb",
+                                path="hardware"))
+    gpu_name = hardware.get("gpu")
+    if gpu_name is not None and gpu_name not in policy.gpus:
+        diags.append(Diagnostic("facts-unknown-gpu", f"unknown GPU `{gpu_name}`", inp.locate(("hardware", "gpu")),
+                                did_you_mean(gpu_name, policy.gpus), path="hardware.gpu"))
+    hardware.setdefault("gpu_count", 1)
+    if "data" in require and "examples" not in dat and "tasks" not in dat:
+        diags.append(Diagnostic("facts-missing-examples", "the number of training examples is missing",
+                                inp.locate(("data",)), "give data.examples (e.g. 50k, flag --examples) or data.tasks",
+                                path="data.examples"))
+    if "examples" in dat:
+        dat["examples"] = _count(inp, diags, ("data", "examples"), dat["examples"], integer=True)
+    tasks = dat.get("tasks")
+    if tasks:
+        total = 0.0
+        for i, t in enumerate(tasks):
+            n = _count(inp, diags, ("data", "tasks", i, "examples"), t["examples"], integer=True)
+            t["examples"] = n
+            total += n or 0
+        if "examples" in dat and dat["examples"] is not None and dat["examples"] != total:
+            diags.append(Diagnostic("facts-inconsistent", f"data.examples ({dat['examples']:g}) differs from the sum "
+                                    f"of data.tasks ({total:g})", inp.locate(("data", "examples")),
+                                    "drop data.examples or make it the sum", path="data.examples"))
+        dat["examples"] = total
+        names = [t["name"] for t in tasks]
+        if len(set(names)) != len(names):
+            diags.append(Diagnostic("facts-duplicate-task", "task names in data.tasks must be unique",
+                                    inp.locate(("data", "tasks")), path="data.tasks"))
+    dat.setdefault("examples", 0.0)
+    dat.setdefault("avg_tokens", 512)
+    dat["num_tasks"] = len(tasks) if tasks else 1
+    if "requests_per_day" in serving:
+        serving["requests_per_day"] = _count(inp, diags, ("serving", "requests_per_day"), serving["requests_per_day"])
+    use_case = task.get("use_case")
+    if use_case is None:
+        diags.append(Diagnostic("facts-missing-use-case", "task.use_case is missing and the policy has no default",
+                                inp.locate(("task",)), "give one of: " + ", ".join(policy.use_cases),
+                                path="task.use_case"))
+    elif use_case not in policy.use_cases:
+        diags.append(Diagnostic("facts-unknown-use-case", f"unknown use case `{use_case}`",
+                                inp.locate(("task", "use_case")), did_you_mean(use_case, policy.use_cases),
+                                path="task.use_case"))
+    else:
+        task.setdefault("shift", policy.use_cases[use_case].get("shift", "domain_adaptation"))
+    task.setdefault("quality", "production")
+    serving.setdefault("latency_sensitive", False)
+    serving.setdefault("requests_per_day", 0.0)
+    serving.setdefault("avg_latency_ms", 200.0)
+    serving.setdefault("adapters", 1)
+    if diags:
+        raise FactsError(diags)
+    out = {"model": model, "hardware": hardware, "data": dat, "task": task, "serving": serving,
+           "training": training}
+    if resolve_config is not None and model.get("config"):
+        resolve_config(model["config"], inp)
+    return out
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    """Return ``{"a.b": v}`` for every leaf of a nested dict (lists are kept whole)."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+get = _get

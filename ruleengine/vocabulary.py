@@ -1,0 +1,101 @@
+"""The names a policy may refer to: given facts, derived facts and verdict fields, with their types.
+
+Every referenceable fact is always present after normalization, so conditions never meet a
+missing value and negation is classical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("full_ft", "lora", "qlora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "adalora")
+RANKED_METHODS = ("lora", "qlora", "dora", "adalora")
+SHIFTS = ("style_format", "domain_adaptation", "new_knowledge", "continual_pretraining")
+QUALITIES = ("research_best", "production", "prototype")
+PRECISIONS = ("fp32", "bf16_mixed", "fp16_mixed", "bf16_pure")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
+SHARDINGS = ("auto", "none", "zero2", "zero3", "fsdp", "zero3_offload")
+TARGET_PRESETS = ("all-linear", "attention", "mlp")
+LLAMA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class FactType:
+    """A referenceable fact: its kind (number, integer, bool, enum, string) and allowed values."""
+
+    kind: str
+    description: str
+    values: tuple[str, ...] | None = None  # for enums; None = taken from the policy (use cases, GPUs)
+    values_from: str = ""  # "use_cases" | "gpus" when the enum comes from the policy
+
+    @property
+    def numeric(self) -> bool:
+        """Return True for number and integer facts."""
+        return self.kind in ("number", "integer")
+
+
+GIVEN: dict[str, FactType] = {
+    "model.params": FactType("number", "total parameter count (exact from model.config, else as given)"),
+    "hardware.gpu": FactType("enum", "GPU catalog name", values_from="gpus"),
+    "hardware.gpu_memory_gb": FactType("number", "memory of one GPU, GiB"),
+    "hardware.gpu_count": FactType("integer", "number of GPUs"),
+    "data.examples": FactType("number", "training examples (sum over tasks)"),
+    "data.avg_tokens": FactType("number", "average tokens per example"),
+    "data.seq_len": FactType("integer", "maximum sequence length of the data"),
+    "task.use_case": FactType("enum", "key of the policy's use-case table", values_from="use_cases"),
+    "task.shift": FactType("enum", "distribution shift the task needs", SHIFTS),
+    "task.quality": FactType("enum", "quality requirement", QUALITIES),
+    "serving.latency_sensitive": FactType("bool", "whether inference latency matters"),
+    "serving.requests_per_day": FactType("number", "inference requests per day"),
+    "serving.avg_latency_ms": FactType("number", "average request latency, ms"),
+    "serving.adapters": FactType("integer", "adapters sharing one base model when served"),
+    "training.precision": FactType("enum", "training precision", PRECISIONS),
+    "training.optimizer": FactType("enum", "optimizer", OPTIMIZERS),
+    "training.micro_batch_size": FactType("integer", "sequences per GPU per step"),
+    "training.seq_len": FactType("integer", "training sequence length"),
+    "training.gradient_checkpointing": FactType("bool", "recompute activations in backward"),
+    "training.sharding": FactType("enum", "multi-GPU sharding strategy", SHARDINGS),
+}
+
+DERIVED: dict[str, FactType] = {
+    "model.params_b": FactType("number", "parameters in billions"),
+    "model.num_layers": FactType("integer", "decoder layers"),
+    "model.hidden_size": FactType("integer", "hidden size"),
+    "model.vocab_size": FactType("integer", "vocabulary size"),
+    "model.arch_inferred": FactType("bool", "architecture inferred from the parameter count"),
+    "hardware.total_memory_gb": FactType("number", "GPU memory over all GPUs, GiB"),
+    "hardware.usable_gb": FactType("number", "usable memory of one GPU after the safety margin, GiB"),
+    "hardware.bf16": FactType("bool", "GPU supports bfloat16"),
+    "hardware.price_per_hour": FactType("number", "USD per GPU-hour"),
+    "data.num_tasks": FactType("integer", "number of tasks (multi-task when > 1)"),
+    "data.tokens_total": FactType("number", "examples x average tokens"),
+    "use_case.method": FactType("enum", "method of the use-case row", METHODS),
+    "use_case.rank": FactType("integer", "rank of the use-case row (0 if none)"),
+    "serving.unmerged_gpu_hours_per_day": FactType(
+        "number", "GPU-hours per day lost to unmerged-adapter latency overhead"),
+    "fits.any": FactType("bool", "at least one method fits in memory"),
+    **{f"fits.{m}": FactType("bool", f"{m} at its default configuration fits in usable memory") for m in METHODS},
+    **{f"mem.{m}_gb": FactType("number", f"per-GPU memory estimate of {m}, GiB") for m in METHODS},
+}
+
+VERDICT: dict[str, FactType] = {
+    "verdict.method": FactType("enum", "the chosen method", METHODS),
+    "verdict.rank": FactType("integer", "the chosen rank (0 if none)"),
+    "verdict.feasible": FactType("bool", "a method was chosen"),
+    "verdict.sharding": FactType("enum", "the resolved sharding", SHARDINGS),
+    "verdict.memory_gb": FactType("number", "per-GPU memory estimate of the verdict, GiB"),
+    "verdict.headroom_gb": FactType("number", "usable memory minus the verdict's estimate, GiB"),
+}
+
+
+def vocabulary(kind: str) -> dict[str, FactType]:
+    """Return the facts a rule of ``kind`` ("select" or "advise") may reference."""
+    names = {**GIVEN, **DERIVED}
+    if kind == "advise":
+        names.update(VERDICT)
+    return names
+
+
+def field_name(path: str) -> str:
+    """Return the flat durable-rules field name for a dotted fact path (``model.params`` -> ``model__params``)."""
+    return path.replace(".", "__")

@@ -8,7 +8,7 @@ item is; ``any`` when one is; ``not`` negates. Every referenceable fact is alway
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .diagnostics import Location
 from .vocabulary import field_name
@@ -48,7 +48,7 @@ class Cmp:
 class All:
     """Every item holds (an empty ``all`` is true)."""
 
-    items: tuple["Condition", ...]
+    items: tuple[Condition, ...]
     path: str = ""
 
 
@@ -56,7 +56,7 @@ class All:
 class AnyOf:
     """At least one item holds (an empty ``any`` is false)."""
 
-    items: tuple["Condition", ...]
+    items: tuple[Condition, ...]
     path: str = ""
 
 
@@ -64,11 +64,11 @@ class AnyOf:
 class Not:
     """The item does not hold."""
 
-    item: "Condition"
+    item: Condition
     path: str = ""
 
 
-Condition = Union[Cmp, All, AnyOf, Not]
+Condition = Cmp | All | AnyOf | Not
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ with EngineDisagreement (exit code 4) rather than report something the engine di
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .conditions import Cmp, comparisons, evaluate, first_failure, to_durable
@@ -111,10 +112,9 @@ class _Host:
                 error = None
             finally:
                 fired = self.fired.pop(req, [])
-                try:
+                # a state that was never created (no rule matched) cannot be deleted
+                with contextlib.suppress(Exception):
                     self.host.delete_state(ruleset, sid)
-                except Exception:  # noqa: BLE001 - a state that was never created cannot be deleted
-                    pass
             if error:
                 raise EngineDisagreement(f"durable-rules action failed: {error}")
             return fired
@@ -280,7 +280,7 @@ def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explai
     derived_public = {k: v for k, v in ev.derived.flat.items()}
     decision = Decision(
         decision_id=new_decision_id(),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         policy={"name": policy.name, "version": policy.version, "sha256": policy.sha256,
                 "semantic_sha256": policy.semantic_sha256, "language": policy.language, "origin": policy.origin},
         facts_given=_json_safe(inp.data), facts_normalized=_json_safe(facts), derived=_json_safe(derived_public),

@@ -298,7 +298,7 @@ def _search(policy: Any, facts: dict, origin: str, fact: str, v0: float, directi
                 mid = (lo + hi) / 2 if not integer else round((lo + hi) / 2)
                 r = _outcome(policy, _with(facts, fact, int(mid) if integer else mid), origin)
                 if r is not None and r[0] != sig0:
-                    hi, cand = mid, r[1]
+                    hi, _cand = mid, r[1]
                 else:
                     lo = mid
             final = _outcome(policy, _with(facts, fact, int(hi) if integer else hi), origin)
@@ -337,7 +337,7 @@ def render_estimates_table(estimates: dict[str, dict]) -> list[str]:
     head = (f"  {'method':<14}{'weights':>8}{'grads':>7}{'optim':>7}{'activ':>7}{'logits':>7}{'other':>7}"
             f"{'total':>8}  {'fits':<5}{'trainable':>11}{'GPU-h':>9}{'cost $':>9}")
     lines = [head]
-    for method, e in estimates.items():
+    for _method, e in estimates.items():
         m = e["memory"]
         other = m.get("quant_constants_gib", 0) + m.get("overhead_gib", 0)
         cost = e.get("cost") or {}

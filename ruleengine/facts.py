@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
 from .paths import load_schema

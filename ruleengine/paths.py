@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,7 +12,7 @@ SCHEMAS_DIR = ROOT / "schemas"
 DEFAULT_POLICY = POLICIES_DIR / "default"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """Return the parsed JSON Schema ``schemas/<name>``; raises FileNotFoundError if it is missing."""
     with open(SCHEMAS_DIR / name, encoding="utf-8") as fh:

@@ -24,11 +24,7 @@ def load_policy(path: str | os.PathLike | None = None) -> Policy:
     Raises PolicyError carrying every diagnostic found, with file:line:col.
     """
     files, root, origin, reader = read_policy_files(path if path is not None else DEFAULT_POLICY)
-    return _cached_compile(tuple(sorted(files.items())), root, origin, reader)
-
-
-def _cached_compile(files: tuple, root: str, origin: str, reader) -> Policy:  # type: ignore[no-untyped-def]
-    return compile_files(dict(files), root, origin, reader)
+    return compile_files(files, root, origin, reader)
 
 
 @lru_cache(maxsize=64)

@@ -8,9 +8,10 @@ can be run alone in tests through ``run_stages(ctx, until=...)``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..conditions import All, AnyOf, Cmp, Condition, Not
 from ..diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean

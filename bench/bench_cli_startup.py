@@ -1,0 +1,54 @@
+"""Cold start of the `decide` CLI, as a ratio against starting a bare Python interpreter.
+
+Runs each command several times in fresh processes and prints the median wall time and the ratio
+to `python -c pass` measured in the same run. Also reports which heavy modules a decision imports
+(must be none of torch/transformers/peft).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wall(cmd: list[str], runs: int = 7) -> float:
+    """Return the median seconds of running ``cmd`` ``runs`` times."""
+    env = {**os.environ, "FINETUNE_POLICY_AUDIT_DB": os.path.join(tempfile.mkdtemp(), "a.sqlite3")}
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, check=False)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    py = sys.executable
+    base = wall([py, "-c", "pass"])
+    decide = [py, "-m", "ruleengine.cli"]
+    args = ["--model-params", "13B", "--gpu", "a100-80gb", "--examples", "50k", "--use-case", "domain_qa"]
+    rows = [
+        ("python -c pass (baseline)", base),
+        ("decide --help", wall(decide + ["--help"])),
+        ("decide ... --no-audit (one decision)", wall(decide + args + ["--no-audit"])),
+        ("decide ... (one decision, audited)", wall(decide + args)),
+        ("decide explain ... --no-audit", wall(decide + ["explain"] + args + ["--no-audit"], runs=3)),
+    ]
+    print(f"{'command':<44}{'median s':>10}{'x baseline':>12}")
+    for name, s in rows:
+        print(f"{name:<44}{s:>10.3f}{s / base:>12.1f}")
+    probe = ("import sys; from click.testing import CliRunner; from ruleengine.cli import main; "
+             f"CliRunner().invoke(main, {args + ['--no-audit']!r}); "
+             "print(sorted(m for m in ('torch','transformers','peft','bitsandbytes','matplotlib') if m in sys.modules))")
+    out = subprocess.run([py, "-c", probe], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    print(f"heavy modules imported by a decision: {out}")
+
+
+if __name__ == "__main__":
+    main()

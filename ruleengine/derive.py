@@ -19,7 +19,7 @@ from .vocabulary import GIVEN, METHODS, RANKED_METHODS
 
 TRAINING_KEYS = ("precision", "optimizer", "micro_batch_size", "seq_len", "gradient_checkpointing", "sharding",
                  "learning_rate", "lr_scheduler", "warmup_ratio", "epochs", "effective_batch_size",
-                 "layerwise_lr_decay")
+                 "max_micro_batch_size", "layerwise_lr_decay")
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     training.update({k: v for k, v in user.items() if k in TRAINING_KEYS})
     training.setdefault("precision", "bf16_mixed")
     training.setdefault("optimizer", "adamw")
-    training.setdefault("micro_batch_size", 1)
+    training.setdefault("micro_batch_size", "auto")
     training.setdefault("seq_len", 2048)
     training.setdefault("gradient_checkpointing", True)
     training.setdefault("sharding", "auto")
@@ -186,30 +186,43 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
             quantization["compute_dtype"] = "float16"
     training["gpu_count"] = gpu.count
     eff = int(training.pop("effective_batch_size", 0) or 0)
-    per_step = training["micro_batch_size"] * gpu.count
-    training["gradient_accumulation_steps"] = max(1, math.ceil(eff / per_step)) if eff else 1
+    max_auto = int(training.pop("max_micro_batch_size", 8) or 8)
 
     cfg = MethodConfig(method=method, rank=init_rank or rank, target_modules=target or "all-linear",
                        num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size)
 
-    def _estimate(sharding: str) -> Estimate:
+    def _estimate(sharding: str, micro_batch: int) -> Estimate:
         setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
-                              micro_batch_size=int(training["micro_batch_size"]), seq_len=int(training["seq_len"]),
+                              micro_batch_size=micro_batch, seq_len=int(training["seq_len"]),
                               gradient_checkpointing=bool(training["gradient_checkpointing"]), sharding=sharding,
                               gpu_count=gpu.count)
         return estimate(arch, cfg, setup, constants)
 
-    sharding = training["sharding"]
-    if sharding == "auto":
-        est = _estimate("none")
-        sharding = "none"
-        if gpu.count > 1 and est.total_gib > usable:
-            sharded = _estimate("zero3")
-            if sharded.total_gib < est.total_gib:
-                est, sharding = sharded, "zero3"
+    # "auto" settings are chosen here, by the memory model: no sharding before sharding (less
+    # communication), then the largest micro-batch that fits (fewer accumulation steps).
+    shardings = ["none", "zero3"] if training["sharding"] == "auto" and gpu.count > 1 else (
+        ["none"] if training["sharding"] == "auto" else [training["sharding"]])
+    if training["micro_batch_size"] == "auto":
+        batches = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= max_auto]
     else:
-        est = _estimate(sharding)
+        batches = [int(training["micro_batch_size"])]
+    chosen: tuple[str, int, Estimate] | None = None
+    for sharding in shardings:
+        for micro_batch in batches:
+            est = _estimate(sharding, micro_batch)
+            if est.total_gib <= usable:
+                chosen = (sharding, micro_batch, est)
+                break
+        if chosen:
+            break
+    if chosen is None:  # nothing fits: report the smallest configuration tried
+        smallest = [(sh, batches[-1], _estimate(sh, batches[-1])) for sh in shardings]
+        chosen = min(smallest, key=lambda item: item[2].total_gib)
+    sharding, micro_batch, est = chosen
     training["sharding"] = sharding
+    training["micro_batch_size"] = micro_batch
+    per_step = micro_batch * gpu.count
+    training["gradient_accumulation_steps"] = max(1, math.ceil(eff / per_step)) if eff else 1
     multitask = None
     if facts["data"].get("num_tasks", 1) > 1:
         mt = policy.defaults.get("multitask") or {}

@@ -98,23 +98,32 @@ class _Host:
             self.registered.update(new)
 
     def run(self, ruleset: str, message: dict, as_fact: bool) -> list[str]:
+        """Post ``message`` as an event (first hit) or assert it as a fact (all hits); return the fired rules.
+
+        One fixed session per ruleset: events are consumed when they fire and facts are retracted
+        right after, so nothing carries over between decisions (a unique ``req`` keeps every message
+        distinct). States are never deleted: deleting one that no match created corrupts the heap
+        in durable-rules 2.0.28.
+        """
         from durable.engine import MessageNotHandledException
 
         with self.lock:
             self.counter += 1
             req = self.counter
-            sid = f"d{req}"
-            msg = {**message, "req": req, "sid": sid}
+            msg = {**message, "req": req, "sid": "0"}
+            error = None
             try:
-                state = (self.host.assert_fact if as_fact else self.host.post)(ruleset, msg)
+                if as_fact:
+                    state = self.host.assert_fact(ruleset, msg)
+                    with contextlib.suppress(MessageNotHandledException):
+                        self.host.retract_fact(ruleset, msg)
+                else:
+                    state = self.host.post(ruleset, msg)
                 error = state.get("exception") if isinstance(state, dict) else None
             except MessageNotHandledException:
-                error = None
+                pass
             finally:
                 fired = self.fired.pop(req, [])
-                # a state that was never created (no rule matched) cannot be deleted
-                with contextlib.suppress(Exception):
-                    self.host.delete_state(ruleset, sid)
             if error:
                 raise EngineDisagreement(f"durable-rules action failed: {error}")
             return fired

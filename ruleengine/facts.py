@@ -104,9 +104,20 @@ def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str
     """
     inp = given if isinstance(given, FactsInput) else FactsInput(given)
     diags = validate(inp.data, load_schema("facts.schema.json"), inp.locate, "facts")
-    if diags:
+    if not isinstance(inp.data, dict):
         raise FactsError(diags)
-    data = copy.deepcopy(inp.data)
+    try:
+        return _normalize(inp, policy, require, resolve_config, diags)
+    except (TypeError, AttributeError, KeyError, ValueError):
+        if diags:  # values of the wrong shape, already reported by the schema
+            raise FactsError(diags) from None
+        raise
+
+
+def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
+               resolve_config: Callable[[str, FactsInput], Any] | None, diags: list[Diagnostic]) -> dict:
+    """Run the semantic checks and fill defaults; raises FactsError with ``diags`` plus what it finds."""
+    data = {k: (copy.deepcopy(v) if isinstance(v, dict) else {}) for k, v in inp.data.items()}
     defaults = (policy.defaults.get("facts") or {})
     model = dict(data.get("model") or {})
     hardware = {**(defaults.get("hardware") or {}), **(data.get("hardware") or {})}

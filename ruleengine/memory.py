@@ -1,0 +1,442 @@
+"""Per-GPU memory estimate of fine-tuning a model with one method, in GiB.
+
+The estimate is a sum of mechanisms, each a formula here with its source; every number it uses
+lives in the policy's ``memory:`` mapping (policies/default/memory.yaml, schema
+schemas/memory.schema.json). docs/memory-model.md derives each term and lists the published
+measurements it is tested against (tests/ruleengine/test_memory.py: within ±15%).
+
+Peak per GPU = weights + gradients + optimizer states + quantization constants
+             + activations + logits (both alive at the start of backward)
+             + overhead (CUDA context, allocator fragmentation, transient working buffers).
+
+This module imports neither torch nor transformers nor peft.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from .architecture import Architecture
+from .trainable import resolve_targets, trainable_params
+
+GIB = float(2**30)
+METHODS = ("full_ft", "lora", "qlora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "adalora")
+LORA_FAMILY = ("lora", "qlora", "dora", "adalora")
+PRECISIONS = ("fp32", "bf16_mixed", "fp16_mixed", "bf16_pure")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
+SHARDINGS = ("none", "zero2", "zero3", "fsdp", "zero3_offload")
+ATTENTIONS = ("sdpa", "eager")
+
+
+# --- constants ------------------------------------------------------------------------------
+
+
+@cache
+def _bundled_sections() -> dict[str, Any]:
+    """Return the bundled default policy's memory.yaml (``{"memory": ..., "cost": ...}``)."""
+    import yaml
+
+    from .paths import DEFAULT_POLICY
+
+    with open(DEFAULT_POLICY / "memory.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(over)
+
+
+def merged_section(name: str, section: dict | None) -> dict:
+    """Return the policy section ``name`` (``memory`` or ``cost``) completed with the bundled defaults.
+
+    Keys the policy gives win; omitted keys take policies/default/memory.yaml's values.
+    """
+    return _merge(_bundled_sections()[name], section or {})
+
+
+@dataclass(frozen=True)
+class MemoryConstants:
+    """Every number the memory model uses, from the policy's ``memory:`` mapping (see memory.yaml)."""
+
+    raw: dict
+
+    @classmethod
+    def from_policy(cls, section: dict | None) -> MemoryConstants:
+        """Return the constants of a policy's ``memory:`` mapping, omitted keys taken from the bundled default.
+
+        Raises ValueError when a required constant is missing or not a number after merging
+        (a policy that passed schemas/memory.schema.json cannot trigger this).
+        """
+        data = merged_section("memory", section)
+        for path in (("usable", "safety_margin"), ("overhead", "cuda_context_gib"), ("logits", "copies_fp32"),
+                     ("activations", "checkpoint"), ("quantization", "block_size")):
+            node: Any = data
+            for key in path:
+                if not isinstance(node, dict) or key not in node:
+                    raise ValueError(f"memory constant `{'.'.join(path)}` is missing")
+                node = node[key]
+            if isinstance(node, bool) or not isinstance(node, (int, float)):
+                raise ValueError(f"memory constant `{'.'.join(path)}` must be a number, got {node!r}")
+        return cls(data)
+
+    def get(self, *path: str) -> Any:
+        """Return the constant at ``path`` (e.g. ``get("precision", "bf16_mixed", "weight_bytes")``).
+
+        Raises KeyError naming the dotted path when it does not exist.
+        """
+        node: Any = self.raw
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                raise KeyError(f"memory constant `{'.'.join(path)}` is missing")
+            node = node[key]
+        return node
+
+    def nf4_bytes_per_param(self, double_quant: bool | None = None) -> tuple[float, float]:
+        """Return (payload, constants) bytes per quantized weight: 4-bit codes and the absmax scales.
+
+        QLoRA §3 (Dettmers et al. 2023): a 64-weight block stores one fp32 absmax (32/64 = 0.5 bit);
+        double quantization stores it as 8 bits with one fp32 scale per 256 blocks
+        (8/64 + 32/(64*256) = 0.127 bit), so 4.127 bits = 0.516 B/param instead of 0.5625.
+        """
+        q = self.get("quantization")
+        dq = q["double_quant"] if double_quant is None else double_quant
+        payload = q["bits"] / 8.0
+        if dq:
+            scales = q["dq_absmax_bytes"] / q["block_size"] + q["dq_scale_bytes"] / (q["block_size"] * q["dq_block_size"])
+        else:
+            scales = q["absmax_bytes"] / q["block_size"]
+        return payload, scales
+
+
+def usable_gib(gpu_memory_gib: float, constants: MemoryConstants) -> float:
+    """Return the memory a plan may use on one GPU: ``gpu_memory_gib * safety_margin - reserved_gib`` (>= 0)."""
+    u = constants.get("usable")
+    return max(0.0, float(gpu_memory_gib) * float(u["safety_margin"]) - float(u["reserved_gib"]))
+
+
+# --- inputs and output ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Training settings that change memory: precision, optimizer, batch shape, recompute and sharding.
+
+    ``attention`` is ``sdpa`` (SDPA/FlashAttention: no attention-score matrix kept) or ``eager``.
+    """
+
+    precision: str = "bf16_mixed"
+    optimizer: str = "adamw"
+    micro_batch_size: int = 1
+    seq_len: int = 2048
+    gradient_checkpointing: bool = True
+    sharding: str = "none"
+    gpu_count: int = 1
+    attention: str = "sdpa"
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a setting is unknown or out of range."""
+        for name, value, allowed in (("precision", self.precision, PRECISIONS), ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("sharding", self.sharding, SHARDINGS), ("attention", self.attention, ATTENTIONS)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} `{value}`; use one of {', '.join(allowed)}")
+        for name, value in (("micro_batch_size", self.micro_batch_size), ("seq_len", self.seq_len),
+                            ("gpu_count", self.gpu_count)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The method and its hyperparameters that change memory.
+
+    ``rank`` is LoRA's r (AdaLoRA: init_r); ``dropout`` the adapter dropout (None = the policy's
+    ``memory.lora.default_dropout``); ``use_dora`` turns lora/qlora into DoRA; ``double_quant``
+    applies to QLoRA.
+    """
+
+    method: str
+    rank: int | None = None
+    target_modules: Any = "all-linear"
+    num_virtual_tokens: int | None = None
+    adapter_size: int | None = None
+    dropout: float | None = None
+    use_dora: bool = False
+    double_quant: bool | None = None
+
+
+@dataclass
+class Estimate:
+    """Peak memory per GPU, GiB, by component; ``total_gib`` is their sum."""
+
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    logits_gib: float
+    quant_constants_gib: float
+    overhead_gib: float
+    total_gib: float
+    trainable_params: int
+    total_params: int
+    cpu_offload_gib: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Return the estimate as a JSON-safe dict (GiB rounded to 4 decimals)."""
+        out: dict[str, Any] = {}
+        for key in ("weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "logits_gib",
+                    "quant_constants_gib", "overhead_gib", "total_gib", "cpu_offload_gib"):
+            out[key] = round(float(getattr(self, key)), 4)
+        out["trainable_params"] = int(self.trainable_params)
+        out["total_params"] = int(self.total_params)
+        out["notes"] = list(self.notes)
+        return out
+
+
+# --- the model ------------------------------------------------------------------------------
+
+
+def _input_group(arch: Architecture, module: str) -> str:
+    """Return which activation tensor feeds ``module`` (q/k/v share one input, gate/up another)."""
+    names = list(arch.linear_modules())
+    attn, mlp = arch.attention_modules(), arch.mlp_modules()
+    if module in attn[:3]:
+        return "attn_in"
+    if module == attn[3]:
+        return "o_in"
+    if module == mlp[-1]:
+        return "down_in"
+    if module in mlp:
+        return "mlp_in"
+    raise ValueError(f"unknown module {module} (have {names})")
+
+
+def _group_width(arch: Architecture, group: str) -> int:
+    return {"attn_in": arch.hidden_size, "o_in": arch.q_dim, "mlp_in": arch.hidden_size,
+            "down_in": arch.intermediate_size}[group]
+
+
+def layer_activation_bytes(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: MemoryConstants,
+                           kv_len: int) -> float:
+    """Return the bytes one decoder layer keeps for backward per token (no recomputation).
+
+    Derived tensor by tensor for HF transformers decoder layers (docs/memory-model.md §Activations),
+    in the spirit of Korthikanti et al. 2022 (arXiv 2205.05198, Eq. 1: ``s·b·h·(34 + 5·a·s/h)`` for a
+    GPT layer) but for SwiGLU MLPs (gate, up and SiLU outputs are ``intermediate_size`` wide, not 4h),
+    RMSNorm's fp32 upcast, GQA (k and v are ``kv_dim`` wide) and without dropout. With SDPA/flash
+    attention the ``5·a·s/h`` score term is gone; ``eager`` keeps ``eager_scores`` bytes per head and
+    key. A frozen base keeps no linear-layer inputs (their weight gradients are not needed) but still
+    keeps everything backpropagation *through* the layer needs; adapters add their own inputs.
+    ``kv_len`` is the number of keys each query attends to (seq_len, + prefix tokens).
+    """
+    a = c.get("activations")
+    scale = c.get("precision", setup.precision, "activation_bytes") / 2.0
+    h, q_dim, kv_dim, inter = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
+    method = cfg.method
+    full = method == "full_ft"
+    modules = arch.linear_modules()
+    n = 0.0
+    # norms: two per layer, fp32 input copy; the normalized tensor too when the norm weight trains
+    norm_in = a["norm_input"] if arch.norm != "none" else 0.0
+    n += 2 * h * (norm_in + (a["norm_output"] * scale if full and arch.norm != "none" else 0.0))
+    # attention core: q, k, v, output (flash/SDPA); eager adds the probabilities
+    kv_width = kv_dim if setup.attention == "sdpa" else q_dim  # eager repeats k/v to every head (repeat_kv)
+    n += (q_dim * a["attention_q"] + kv_width * a["attention_kv"] + q_dim * a["attention_out"]) * scale
+    if setup.attention == "eager":
+        n += arch.num_attention_heads * kv_len * a["eager_scores"]
+    # MLP internals
+    n += inter * (a["gated_mlp"] if arch.mlp == "gated" else a["plain_mlp"]) * scale
+    # inputs of linear layers kept for weight / adapter gradients
+    groups: set[str] = set()
+    if full:
+        groups = {_input_group(arch, m) for m in modules}
+    if method == "qlora" and c.get("quantization", "saves_input"):
+        groups |= {_input_group(arch, m) for m in modules}
+    if method in LORA_FAMILY:
+        targets = resolve_targets(arch, method, cfg.target_modules)
+        dropout = c.get("lora", "default_dropout") if cfg.dropout is None else cfg.dropout
+        if dropout > 0:  # each adapted layer has its own dropout: its output and mask are kept
+            n += sum(modules[t][0] for t in targets) * (a["linear_input"] * scale + a["dropout_mask"])
+        else:
+            groups |= {_input_group(arch, t) for t in targets}
+        if method == "dora" or cfg.use_dora:
+            n += sum(modules[t][1] for t in targets) * a["dora_per_output"] * scale
+    n += sum(_group_width(arch, g) for g in groups) * a["linear_input"] * scale
+    if method == "ia3":
+        ff = set(arch.feedforward_modules())
+        for t in resolve_targets(arch, method, cfg.target_modules):
+            n += (modules[t][0] if t in ff else modules[t][1]) * a["ia3_per_element"] * scale
+    if method == "adapter":
+        m = cfg.adapter_size or 0
+        n += 2 * (h + 2 * m) * a["adapter_per_element"] * scale
+    return n
+
+
+def _activations(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: MemoryConstants,
+                 notes: list[str]) -> tuple[float, int]:
+    """Return (activation bytes per GPU, tokens per micro-batch the logits are computed for)."""
+    a = c.get("activations")
+    scale = c.get("precision", setup.precision, "activation_bytes") / 2.0
+    b, s = setup.micro_batch_size, setup.seq_len
+    n_virtual = cfg.num_virtual_tokens or 0
+    seq = s + n_virtual if cfg.method == "prompt_tuning" else s  # soft prompt lengthens the input
+    kv_len = s + n_virtual if cfg.method == "prefix_tuning" else seq
+    per_layer = layer_activation_bytes(arch, cfg, setup, c, kv_len)
+    recompute = setup.gradient_checkpointing
+    if cfg.method == "prefix_tuning" and recompute and c.get("prefix_tuning", "disable_checkpointing"):
+        recompute = False
+        notes.append("prefix tuning does not work with gradient checkpointing in peft; estimated without it")
+    tokens = b * seq
+    if recompute:
+        ckpt = a["checkpoint"] * scale
+        if cfg.method == "qlora":
+            ckpt = max(ckpt, c.get("quantization", "residual_stream_bytes"))
+        # every layer keeps its input; one layer's activations are rebuilt at a time in backward
+        body = tokens * (arch.num_layers * arch.hidden_size * ckpt + per_layer)
+    else:
+        body = tokens * arch.num_layers * per_layer
+    # final norm (+ lm_head input when it trains)
+    tail = tokens * arch.hidden_size * (a["norm_input"] + (a["norm_output"] + a["linear_input"]) * scale
+                                        * (cfg.method == "full_ft"))
+    extra = 0.0
+    if cfg.method == "prefix_tuning":  # the learned keys/values of every layer, per sequence
+        extra = b * n_virtual * arch.num_layers * arch.kv_dim * a["attention_kv"] * scale
+    return body + tail + extra, tokens
+
+
+def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constants: MemoryConstants) -> Estimate:
+    """Return the peak memory per GPU of fine-tuning ``arch`` with ``cfg`` under ``setup``, in GiB.
+
+    Raises ValueError for an unknown method, precision, optimizer or sharding, missing method
+    hyperparameters (rank, num_virtual_tokens, adapter_size) or unknown target modules.
+    """
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method `{cfg.method}`; use one of {', '.join(METHODS)}")
+    setup.validate()
+    c = constants
+    notes: list[str] = []
+    prec = c.get("precision", setup.precision)
+    opt = c.get("optimizer", setup.optimizer)
+    adapter = c.get("adapter")
+    method = cfg.method
+    use_dora = method == "dora" or (cfg.use_dora and method in ("lora", "qlora"))
+    trainable = trainable_params(arch, method, rank=cfg.rank, target_modules=cfg.target_modules,
+                                 num_virtual_tokens=cfg.num_virtual_tokens, adapter_size=cfg.adapter_size,
+                                 use_dora=use_dora)
+    parts = arch.param_breakdown()
+    total_params = int(arch.params)
+    n_gpu = setup.gpu_count
+    sharding = setup.sharding
+    shard_w = n_gpu if sharding in ("zero3", "fsdp", "zero3_offload") else 1
+    shard_go = n_gpu if sharding != "none" else 1
+    if arch.source == "inferred":
+        notes.append("architecture inferred from the parameter count; give model.config for an exact estimate")
+
+    # weights (own shard) and quantization constants
+    quant_constants = 0.0
+    if method == "full_ft":
+        base_weight_bytes = total_params * prec["weight_bytes"]
+    elif method == "qlora":
+        payload, scales = c.nf4_bytes_per_param(cfg.double_quant)
+        q = c.get("quantization")
+        base_weight_bytes = parts["linear"] * payload + (parts["embedding"] + parts["other"]) * q["unquantized_bytes"]
+        quant_constants = parts["linear"] * scales / shard_w
+        if q["unquantized_bytes"] > prec["weight_bytes"]:
+            notes.append("prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32")
+    else:
+        base_weight_bytes = total_params * prec["weight_bytes"]
+    weights = base_weight_bytes / shard_w
+    if method != "full_ft":
+        weights += trainable * adapter["weight_bytes"] / shard_w
+    if shard_w > 1:  # ZeRO-3/FSDP all-gather whole layers (and the root unit) to compute
+        layer_bytes = arch.layer_params() * (prec["weight_bytes"] if method != "qlora" else
+                                             sum(c.nf4_bytes_per_param(cfg.double_quant)))
+        gathered = c.get("sharding", "gathered_layers") * layer_bytes
+        if c.get("sharding", "gather_root"):
+            root_bytes = prec["weight_bytes"] if method != "qlora" else c.get("quantization", "unquantized_bytes")
+            gathered += (parts["embedding"] + arch.hidden_size) * root_bytes
+        weights += gathered * (1 - 1 / n_gpu)
+
+    # gradients
+    if method == "full_ft":
+        grad_bytes = trainable * prec["grad_bytes"]
+        state_elem = prec["state_bytes"]
+        master = prec["master_bytes"]
+    else:
+        grad_bytes = trainable * adapter["grad_bytes"]
+        state_elem = adapter["state_bytes"]
+        master = 0
+    gradients = grad_bytes / shard_go
+    if sharding == "none" and n_gpu > 1:
+        gradients += grad_bytes * c.get("sharding", "ddp_grad_copies")
+
+    # optimizer states (+ master weights)
+    elem = opt["state_bytes"] if opt["state_bytes"] is not None else state_elem
+    per_param = master + opt["states"] * elem
+    if opt["block_size"]:
+        per_param += opt["states"] * opt["block_bytes"] / opt["block_size"]
+    optimizer_bytes = trainable * per_param
+    if method == "adalora":
+        optimizer_bytes += trainable * c.get("adalora", "allocator_copies") * 4
+    step_temp = trainable * opt["step_temp_states"] * elem / shard_go
+    cpu_offload = 0.0
+    if sharding == "zero3_offload":
+        cpu_offload = (optimizer_bytes + trainable * c.get("sharding", "offload_grad_bytes")) / n_gpu
+        optimizer = 0.0
+        step_temp = 0.0
+    else:
+        optimizer = optimizer_bytes / shard_go
+    if opt["paged"]:
+        notes.append(f"{setup.optimizer} keeps its states in unified memory: they page to the CPU under pressure")
+
+    # activations and logits (alive together at the start of backward)
+    activations, tokens = _activations(arch, cfg, setup, c, notes)
+    lg = c.get("logits")
+    logits = tokens * arch.vocab_size * (lg["copies_16bit"] * prec["activation_bytes"] + lg["copies_fp32"] * 4)
+
+    # transient working buffers
+    work = 0.0
+    largest = max(d_in * d_out for d_in, d_out in arch.linear_modules().values())
+    if method == "qlora":
+        work += c.get("quantization", "dequant_buffers") * largest * 2
+    if use_dora:
+        targets = resolve_targets(arch, method, cfg.target_modules)
+        mods = arch.linear_modules()
+        work += c.get("dora", "weight_norm_bytes") * max(mods[t][0] * mods[t][1] for t in targets)
+    # the optimizer step runs after backward freed the activations: only its excess counts
+    work += max(0.0, step_temp - activations - logits)
+
+    live = weights + gradients + optimizer + quant_constants + activations + logits + work
+    ov = c.get("overhead")
+    overhead = ov["cuda_context_gib"] * GIB + ov["allocator_fraction"] * live + work
+    total = weights + gradients + optimizer + quant_constants + activations + logits + overhead
+    return Estimate(
+        weights_gib=weights / GIB, gradients_gib=gradients / GIB, optimizer_gib=optimizer / GIB,
+        activations_gib=activations / GIB, logits_gib=logits / GIB, quant_constants_gib=quant_constants / GIB,
+        overhead_gib=overhead / GIB, total_gib=total / GIB, trainable_params=int(trainable),
+        total_params=total_params, cpu_offload_gib=cpu_offload / GIB, notes=notes,
+    )
+
+
+def bytes_per_param(setup: TrainingSetup, constants: MemoryConstants) -> float:
+    """Return full fine-tuning's persistent bytes per parameter (weights + gradients + optimizer, no sharding).
+
+    16 for mixed-precision AdamW (2 + 2 + 4 master + 8 states, ZeRO paper's 16Ψ), 8 for pure bf16.
+    Raises KeyError for an unknown precision or optimizer.
+    """
+    prec = constants.get("precision", setup.precision)
+    opt = constants.get("optimizer", setup.optimizer)
+    elem = opt["state_bytes"] if opt["state_bytes"] is not None else prec["state_bytes"]
+    per = prec["weight_bytes"] + prec["grad_bytes"] + prec["master_bytes"] + opt["states"] * elem
+    if opt["block_size"]:
+        per += opt["states"] * opt["block_bytes"] / opt["block_size"]
+    return float(per)
+

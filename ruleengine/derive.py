@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .architecture import Architecture, ArchitectureError, infer_from_params, load_hf_config
+from .architecture import Architecture, ArchitectureError, from_hf_config, infer_from_params
 from .diagnostics import Diagnostic, Location
 from .facts import FactsError, flatten
 from .memory import Estimate, MemoryConstants, MethodConfig, TrainingSetup, estimate, usable_gib
@@ -100,21 +100,50 @@ def gpu_spec(policy: Any, hardware: dict) -> GpuSpec:
                    entry.get("price_per_hour"), int(hardware.get("gpu_count", 1)))
 
 
+def read_model_config(model: dict, origin: str = "") -> dict:
+    """Return the parsed ``model.config`` JSON (a file or a model directory, relative to ``origin``).
+
+    Raises FactsError naming the path when it cannot be read or is not a JSON object.
+    """
+    import json
+
+    config = model["config"]
+    path = config if os.path.isabs(config) or not origin else os.path.join(origin, config)
+    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise FactsError([Diagnostic("facts-bad-model-config", f"not valid JSON: {exc.msg}",
+                                     Location(file, exc.lineno, exc.colno), "give a Hugging Face config.json",
+                                     path="model.config")]) from None
+    except OSError as exc:
+        raise FactsError([Diagnostic("facts-bad-model-config", f"cannot read the model config: {exc.strerror}",
+                                     Location(file), "check the path given as model.config / --model-config",
+                                     path="model.config")]) from None
+    if not isinstance(data, dict):
+        raise FactsError([Diagnostic("facts-bad-model-config", "a config.json must hold a JSON object",
+                                     Location(file, 1, 1), path="model.config")])
+    return data
+
+
 def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, list[str]]:
     """Return the architecture for the model facts and notes on how it was obtained.
 
-    Raises FactsError when ``model.config`` cannot be read or describes an unsupported model.
+    Uses ``model.config_content`` (the config recorded with the decision) when present, else reads
+    ``model.config``; without either, infers it from ``model.params``. Raises FactsError when the
+    config describes an unsupported or incomplete model.
     """
     notes: list[str] = []
-    config = model.get("config")
-    if config:
-        path = config if os.path.isabs(config) or not origin else os.path.join(origin, config)
+    if model.get("config") or model.get("config_content"):
+        content = model.get("config_content") or read_model_config(model, origin)
         try:
-            arch = load_hf_config(path)
+            arch = from_hf_config(content, str(model.get("config", "<config>")))
         except ArchitectureError as exc:
-            raise FactsError([Diagnostic("facts-bad-model-config", str(exc), Location(path),
+            raise FactsError([Diagnostic("facts-bad-model-config", str(exc), Location(str(model.get("config", ""))),
                                          "give a Hugging Face config.json of a supported architecture",
-                                         path="model.config")]) from None
+                                         path="model.config" + (f".{exc.field}" if getattr(exc, "field", None) else ""))
+                              ]) from None
         given = model.get("params")
         if given and abs(given - arch.params) / arch.params > 0.05:
             notes.append(f"model.params ({given:.4g}) differs from the count computed from model.config "

@@ -245,17 +245,26 @@ def _template_values(policy: Policy, flat: dict[str, Any]) -> dict[str, Any]:
     return {**policy.thresholds, **flat}
 
 
-def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explain: bool = False) -> Decision:
+def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explain: bool = False,
+           model_config: dict | None = None) -> Decision:
     """Return the Decision for ``given`` facts under ``policy``.
 
     Raises FactsError (exit 2) for invalid facts and EngineDisagreement (exit 4) if the engine
     and the condition evaluator ever disagree. ``explain`` adds counterfactuals (slower).
+    The content of ``model.config`` is read once (relative to ``origin``) and recorded in the
+    normalized facts as ``model.config_content``, so that a replay never depends on the file;
+    ``model_config`` supplies that content directly (replay of a recorded decision).
     """
     from . import explain as explain_mod
 
     t0 = time.perf_counter()
     inp = given if isinstance(given, FactsInput) else FactsInput(given)
     facts = normalize_facts(inp, policy)
+    if facts["model"].get("config"):
+        from .derive import read_model_config
+
+        facts["model"]["config_content"] = model_config if model_config is not None else read_model_config(
+            facts["model"], origin)
     t1 = time.perf_counter()
     ev = evaluate_policy(policy, facts, origin)
     t2 = time.perf_counter()

@@ -24,10 +24,7 @@ def architecture_dict(arch: Any) -> dict:
 
 
 def _cost(policy: Any, derived: Derived, cand: Candidate, facts: dict) -> dict | None:
-    try:
-        from .cost import CostConstants, estimate_cost
-    except ImportError:  # TEMP until cost.py lands
-        return None
+    from .cost import CostConstants, estimate_cost
     from .memory import MethodConfig, TrainingSetup
 
     gpu = derived.gpu

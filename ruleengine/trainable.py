@@ -33,6 +33,8 @@ TARGET_PRESETS = ("all-linear", "attention", "mlp")
 _DEFAULT_TARGETS = {
     "lora": {"llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
              "qwen3": ("q_proj", "v_proj"), "opt": ("q_proj", "v_proj")},
+    "adalora": {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),
+                "opt": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")},  # none for mistral
     "ia3": {"llama": ("k_proj", "v_proj", "down_proj"), "mistral": ("k_proj", "v_proj", "down_proj"),
             "qwen2": ("q_proj", "v_proj", "down_proj"), "qwen3": ("q_proj", "v_proj", "down_proj"),
             "opt": ("q_proj", "k_proj", "fc2")},
@@ -44,13 +46,17 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
 
     ``target_modules`` is ``"all-linear"``, ``"attention"`` (q, k, v, output projection), ``"mlp"``,
     an explicit list of module names, or None for peft's default for this model family and method
-    (LoRA-style methods: q_proj, v_proj; IA3: peft's IA3 mapping). Raises ValueError for an unknown
-    preset or a module name this architecture does not have (the message lists the valid names).
+    (peft utils/constants.py: LoRA q_proj, v_proj; IA3 and AdaLoRA their own mappings). Raises
+    ValueError for an unknown preset, a module name this architecture does not have (the message
+    lists the valid names), or None where peft has no default (AdaLoRA on mistral).
     """
     modules = arch.linear_modules()
     if target_modules is None:
-        key = "ia3" if method == "ia3" else "lora"
-        chosen: Iterable[str] = _DEFAULT_TARGETS[key].get(arch.model_type, ("q_proj", "v_proj"))
+        key = method if method in ("ia3", "adalora") else "lora"
+        if arch.model_type not in _DEFAULT_TARGETS[key]:
+            raise ValueError(f"peft has no default target_modules for {method} on {arch.model_type}; give a "
+                             f"preset ({', '.join(TARGET_PRESETS)}) or module names ({', '.join(modules)})")
+        chosen: Iterable[str] = _DEFAULT_TARGETS[key][arch.model_type]
     elif isinstance(target_modules, str):
         if target_modules == "all-linear":
             chosen = modules

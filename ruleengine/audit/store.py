@@ -1,0 +1,151 @@
+"""The audit storage interface (a Protocol), its verification report and its errors.
+
+Any backend (the bundled one is ``SqliteAuditStore``) keeps decision records in an append-only,
+hash-chained sequence, plus policy snapshots keyed by their sha256.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+class AuditError(Exception):
+    """Base class for audit-trail errors. ``exit_code`` is the `decide` exit status it maps to."""
+
+    exit_code = 2
+
+
+class StoreUnavailable(AuditError):
+    """The audit store cannot be used: the file is missing, unreadable, not SQLite, or not an audit store."""
+
+    exit_code = 2
+
+
+class RecordNotFound(AuditError):
+    """No record has the requested id (or an id prefix matched none, or several)."""
+
+    exit_code = 2
+
+
+class InvalidRecord(AuditError):
+    """A record handed to the store is malformed (not JSON-safe, fails the schema, inconsistent)."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One verification failure. ``seq``/``record_id`` name the record (None for store-level problems);
+    ``snapshot`` names a policy snapshot by sha256 for snapshot problems."""
+
+    kind: str
+    message: str
+    seq: int | None = None
+    record_id: str | None = None
+    snapshot: str | None = None
+
+    def render(self) -> str:
+        """Return a one-line human-readable description naming the record or snapshot."""
+        if self.snapshot is not None:
+            where = f"policy snapshot {self.snapshot[:16]}"
+        elif self.seq is not None:
+            where = f"record seq {self.seq}" + (f" (id {self.record_id})" if self.record_id else "")
+        else:
+            where = "store"
+        return f"{where}: {self.kind}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of ``verify``: ``ok`` is True when no problem was found.
+
+    ``head_seq``/``head_hash`` identify the last record checked: publish them somewhere else (a ticket,
+    a commit message) and pass them back as an anchor later to detect a rewritten chain.
+    """
+
+    source: str
+    records_checked: int = 0
+    snapshots_checked: int = 0
+    head_seq: int = 0
+    head_hash: str = ""
+    problems: list[Problem] = field(default_factory=list)
+    truncated: bool = False  # more problems existed than were kept
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the chain and every snapshot verified."""
+        return not self.problems
+
+    @property
+    def first_problem(self) -> Problem | None:
+        """Return the first problem in chain order (record problems by seq, then store and snapshot ones)."""
+        return self.problems[0] if self.problems else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-safe dict."""
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Filters for ``AuditStore.list``; every field None means "no constraint".
+
+    ``method`` matches the verdict's method; the value ``"infeasible"`` matches decisions without one.
+    """
+
+    since: datetime | None = None
+    policy: str | None = None
+    method: str | None = None
+    limit: int | None = None
+
+
+@runtime_checkable
+class AuditStore(Protocol):
+    """An append-only, hash-chained store of decision records and the policy snapshots they used."""
+
+    def append(self, record: dict) -> str:
+        """Append ``record`` (an envelope from ``records.build_record``, without seq/prev_hash/record_hash),
+        assigning seq and chaining it; return its id. The record's policy snapshot must be stored first
+        (``put_policy_snapshot``). Raises InvalidRecord (malformed, duplicate id, snapshot not stored),
+        AuditError (store busy beyond the retry budget) or StoreUnavailable."""
+        ...
+
+    def get(self, record_id: str) -> dict:
+        """Return the full record (with seq, prev_hash, record_hash). Raises RecordNotFound."""
+        ...
+
+    def resolve_id(self, prefix: str) -> str:
+        """Return the one record id equal to or starting with ``prefix``. Raises RecordNotFound if none
+        or several match."""
+        ...
+
+    def list(self, filters: RecordFilter | None = None) -> list[dict]:
+        """Return the matching records in seq order (oldest first), full records."""
+        ...
+
+    def iter_all(self) -> Iterator[dict]:
+        """Yield every record in seq order (full records, chain fields included)."""
+        ...
+
+    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyReport:
+        """Check the whole chain and every stored policy snapshot; return a VerifyReport (never raises for
+        tampering, only StoreUnavailable when the store cannot be read at all)."""
+        ...
+
+    def put_policy_snapshot(self, sha256: str, snapshot: dict) -> bool:
+        """Store ``snapshot`` under ``sha256`` once; return True if it was new. Raises InvalidRecord when
+        the snapshot's hash is not ``sha256``."""
+        ...
+
+    def get_policy_snapshot(self, sha256: str) -> dict:
+        """Return the snapshot ``{"root", "files"}`` stored under ``sha256``. Raises RecordNotFound."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's resources; further calls are errors."""
+        ...

@@ -1,0 +1,134 @@
+"""Fixtures for the audit tests: hand-built decisions (see _factory.py), a policy snapshot, stores, an attacker."""
+
+from __future__ import annotations
+
+import importlib.util
+import sqlite3
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ruleengine.audit import SqliteAuditStore, build_record, snapshot_hash
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load_factory() -> ModuleType:
+    name = "audit_test_factory"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / "_factory.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+factory = _load_factory()
+
+
+@pytest.fixture
+def writer_script() -> Path:
+    """The path of _writer.py, the appending subprocess used by the concurrency and kill -9 tests."""
+    return HERE / "_writer.py"
+
+
+@pytest.fixture
+def make_decision():
+    """Return the factory ``make_decision(method, rank, *, use_case, ...)`` of Decision.to_dict()-shaped dicts."""
+    return factory.make_decision
+
+
+@pytest.fixture
+def plan() -> list[tuple]:
+    """The (method, rank, use_case) rows the ``filled`` store is made of."""
+    return list(factory.PLAN)
+
+
+@pytest.fixture
+def snapshot() -> dict:
+    """A small policy snapshot {"root", "files"}."""
+    return {"root": factory.SNAPSHOT["root"], "files": dict(factory.SNAPSHOT["files"])}
+
+
+@pytest.fixture
+def snap_sha(snapshot) -> str:
+    """The sha256 of the ``snapshot`` fixture."""
+    return snapshot_hash(snapshot)
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    """A fresh store path inside the test's tmp dir (parent directory not created yet)."""
+    return str(tmp_path / "store" / "audit.sqlite3")
+
+
+def _fill(path: str, snapshot: dict, n: int = len(factory.PLAN)) -> list[str]:
+    sha = snapshot_hash(snapshot)
+    ids = []
+    with SqliteAuditStore(path) as store:
+        store.put_policy_snapshot(sha, snapshot)
+        for i in range(n):
+            method, rank, use_case = factory.PLAN[i % len(factory.PLAN)]
+            ids.append(store.append(build_record(factory.make_decision(method, rank, use_case=use_case), sha)))
+    return ids
+
+
+@pytest.fixture
+def fill_store():
+    """Return ``fill(path, snapshot, n=8)``: append n PLAN-made records, return their ids in order."""
+    return _fill
+
+
+@pytest.fixture
+def filled(db_path, snapshot) -> tuple[str, list[str]]:
+    """A store with one record per PLAN row (8 records: 7 feasible, 1 infeasible); returns (path, ids)."""
+    return db_path, _fill(db_path, snapshot)
+
+
+GUARDS = ("records_append_only_update", "records_append_only_delete", "snapshots_append_only_update",
+          "snapshots_append_only_delete")
+
+
+class Attacker:
+    """Edits a store with plain sqlite3: drops the append-only triggers first, can put them back afterwards."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        for name in GUARDS:
+            self.conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+    def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement and return its rows."""
+        return self.conn.execute(sql, params).fetchall()
+
+    def restore_guards(self) -> None:
+        """Re-create the triggers, as a careful attacker would."""
+        from ruleengine.audit.sqlite_store import _DDL
+
+        for statement in _DDL.split(";\n"):
+            if "CREATE TRIGGER" in statement:
+                self.conn.execute(statement)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+@pytest.fixture
+def attacker():
+    """Return ``open(path) -> Attacker``; connections are closed at teardown."""
+    opened: list[Attacker] = []
+
+    def open_(path: str) -> Attacker:
+        a = Attacker(path)
+        opened.append(a)
+        return a
+
+    yield open_
+    for a in opened:
+        a.close()

@@ -78,8 +78,8 @@ class _Host:
         outer = self
 
         class _RecordingHost(Host):
-            def get_action(self, action_name: str):  # type: ignore[no-untyped-def]
-                def action(c):  # type: ignore[no-untyped-def]
+            def get_action(self, action_name: str):  # noqa: ANN202
+                def action(c):  # noqa: ANN202
                     outer.fired.setdefault(c.m.req, []).append(action_name)
                 return action
 

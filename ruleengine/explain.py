@@ -20,7 +20,9 @@ from .vocabulary import METHODS
 
 def architecture_dict(arch: Any) -> dict:
     """Return the architecture as a plain dict."""
-    return dataclasses.asdict(arch) if dataclasses.is_dataclass(arch) else dict(arch)
+    if dataclasses.is_dataclass(arch) and not isinstance(arch, type):
+        return dataclasses.asdict(arch)
+    return dict(arch)
 
 
 def _cost(policy: Any, derived: Derived, cand: Candidate, facts: dict) -> dict | None:

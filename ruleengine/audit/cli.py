@@ -102,7 +102,7 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, data)]
 
 
-def _table(headers: list[str], rows: Iterable[list[str]]) -> str:
+def _table(headers: list[str], rows: Iterable[list[Any]]) -> str:
     rows = [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]

@@ -163,7 +163,7 @@ def replay_decision(record: dict, policy: Any) -> ReplayResult:
     from ..engine import decide
 
     old = record.get("decision") or {}
-    base = {"record_id": str(record.get("id")), "seq": record.get("seq"), "old": old,
+    base: dict[str, Any] = {"record_id": str(record.get("id")), "seq": record.get("seq"), "old": old,
             "versions_then": record.get("versions") or {}, "versions_now": dict(runtime_versions())}
     try:
         content = (((old.get("facts") or {}).get("normalized") or {}).get("model") or {}).get("config_content")

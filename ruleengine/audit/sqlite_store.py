@@ -290,7 +290,8 @@ class SqliteAuditStore:
     def list(self, filters: RecordFilter | None = None) -> list[dict]:
         """Return matching full records in seq order; with ``filters.limit``, the newest ``limit`` of them."""
         f = filters or RecordFilter()
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if f.since is not None:
             where.append("recorded_at >= ?")
             params.append(utc_now_iso(f.since))

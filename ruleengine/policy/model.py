@@ -124,7 +124,7 @@ class Policy:
 
     def dump_data(self) -> dict:
         """Return the whole policy as one plain document (a single-file policy equivalent to this one)."""
-        data = {"language": self.language, "name": self.name, "version": self.version}
+        data: dict[str, Any] = {"language": self.language, "name": self.name, "version": self.version}
         if self.owner:
             data["owner"] = self.owner
         if self.description:

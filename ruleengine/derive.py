@@ -149,7 +149,12 @@ def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, l
             notes.append(f"model.params ({given:.4g}) differs from the count computed from model.config "
                          f"({arch.params:.4g}); the config's count is used")
         return arch, notes
-    return infer_from_params(float(model["params"])), notes
+    try:
+        return infer_from_params(float(model["params"])), notes
+    except ArchitectureError as exc:
+        raise FactsError([Diagnostic("facts-cannot-infer-architecture", str(exc), Location("<facts>"),
+                                     "give model.config (a config.json) for a model this small",
+                                     path="model.params")]) from None
 
 
 def _method_defaults(policy: Any, method: str) -> dict:
@@ -218,7 +223,8 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     max_auto = int(training.pop("max_micro_batch_size", 8) or 8)
 
     cfg = MethodConfig(method=method, rank=init_rank or rank, target_modules=target or "all-linear",
-                       num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size)
+                       num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size, dropout=dropout,
+                       double_quant=quantization.get("double_quant") if quantization else None)
 
     def _estimate(sharding: str, micro_batch: int) -> Estimate:
         setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],

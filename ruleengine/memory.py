@@ -147,10 +147,10 @@ class TrainingSetup:
                                      ("sharding", self.sharding, SHARDINGS), ("attention", self.attention, ATTENTIONS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} `{value}`; use one of {', '.join(allowed)}")
-        for name, value in (("micro_batch_size", self.micro_batch_size), ("seq_len", self.seq_len),
-                            ("gpu_count", self.gpu_count)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for label, number in (("micro_batch_size", self.micro_batch_size), ("seq_len", self.seq_len),
+                              ("gpu_count", self.gpu_count)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ValueError(f"{label} must be a positive integer, got {number!r}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,6 @@ class Estimate:
 
 def _input_group(arch: Architecture, module: str) -> str:
     """Return which activation tensor feeds ``module`` (q/k/v share one input, gate/up another)."""
-    names = list(arch.linear_modules())
     attn, mlp = arch.attention_modules(), arch.mlp_modules()
     if module in attn[:3]:
         return "attn_in"
@@ -216,7 +215,7 @@ def _input_group(arch: Architecture, module: str) -> str:
         return "down_in"
     if module in mlp:
         return "mlp_in"
-    raise ValueError(f"unknown module {module} (have {names})")
+    raise ValueError(f"unknown module {module} (have {', '.join(arch.linear_modules())})")
 
 
 def _group_width(arch: Architecture, group: str) -> int:
@@ -235,7 +234,8 @@ def layer_activation_bytes(arch: Architecture, cfg: MethodConfig, setup: Trainin
     attention the ``5·a·s/h`` score term is gone; ``eager`` keeps ``eager_scores`` bytes per head and
     key. A frozen base keeps no linear-layer inputs (their weight gradients are not needed) but still
     keeps everything backpropagation *through* the layer needs; adapters add their own inputs.
-    ``kv_len`` is the number of keys each query attends to (seq_len, + prefix tokens).
+    ``kv_len`` is the number of keys each query attends to (seq_len, + prefix tokens). Raises
+    ValueError for unknown target modules and KeyError for a missing constant.
     """
     a = c.get("activations")
     scale = c.get("precision", setup.precision, "activation_bytes") / 2.0

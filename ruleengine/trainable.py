@@ -30,7 +30,7 @@ PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prompt_tuning", "pre
 ALL_METHODS = ("full_ft",) + PEFT_METHODS
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 # peft's per-family defaults when target_modules is None (peft utils/constants.py)
-_DEFAULT_TARGETS = {
+_DEFAULT_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
     "lora": {"llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"),
              "qwen3": ("q_proj", "v_proj"), "opt": ("q_proj", "v_proj")},
     "adalora": {"llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"),

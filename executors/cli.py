@@ -1,0 +1,246 @@
+"""``decide plan``, ``decide train`` and ``decide make-tiny-model`` (registered on the ``decide`` group).
+
+Importing this module imports click and the rule engine's CLI helpers only: torch, transformers
+and peft are imported after the decision is made, inside the commands.
+
+\b
+  decide plan --facts job.yaml --model ./base-model --data train.jsonl -o plan.json [--method M]
+  decide train --plan plan.json --output runs/doc-style
+  decide train --facts job.yaml --model ./base-model --data train.jsonl --output runs/x [--method M]
+  decide train --output runs/doc-style --resume
+  decide make-tiny-model ./tiny-model
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ruleengine.cli import EXIT_CODES_HELP, FACT_FLAGS, build_facts, fact_options, run_guarded
+from ruleengine.vocabulary import METHODS
+
+from .errors import Diagnostic, Location, PlanError
+
+__all__ = ["plan_command", "tiny_model_command", "train_command"]
+
+
+def plan_options(func: Callable) -> Callable:
+    """Add the plan flags (model, data, method override, run settings) to a command."""
+    options = [
+        click.option("--model", "model_path", type=click.Path(file_okay=False), default=None,
+                     help="base model directory (config.json, weights, tokenizer)"),
+        click.option("--data", "data_files", type=click.Path(dir_okay=False), multiple=True,
+                     help="JSONL training data; repeat for several tasks (each file is a task)"),
+        click.option("--data-format", type=click.Choice(["auto", "alpaca", "chat", "text"]), default="auto",
+                     help="record format (default: detected per line)"),
+        click.option("--method", type=click.Choice(list(METHODS)), default=None,
+                     help="override the policy's method (recorded as `override` in the plan)"),
+        click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+                     help="held-out fraction of each task for the eval loss"),
+        click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                     help="optimizer steps (default: from the verdict's epochs and the data)"),
+        click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="override the verdict's learning rate (recorded in the plan)"),
+        click.option("--packing/--no-packing", default=False, help="pack several examples per sequence"),
+        click.option("--merge", is_flag=True, help="also write the adapter merged into the base (merged/)"),
+        click.option("--load-in-4bit", is_flag=True, help="load the base in 4-bit NF4 (bitsandbytes) for a PEFT method"),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="where the run trains (sets the precision the plan can use)"),
+        click.option("--seed", type=int, default=0, show_default=True, help="seed for init, split, mixing, order"),
+        click.option("--save-steps", type=click.IntRange(min=1), default=None,
+                     help="checkpoint every N steps (default: 5 checkpoints per run)"),
+        click.option("--save-total-limit", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="checkpoints kept"),
+        click.option("--logging-steps", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="log the loss every N steps"),
+        click.option("--mix-cap", type=click.IntRange(min=1), default=None,
+                     help="cap N_i before temperature mixing of tasks (default: the verdict's)"),
+        click.option("--no-audit", is_flag=True, help="do not record the decision in the audit store"),
+        click.option("--audit-db", type=click.Path(dir_okay=False), default=None, help="audit store path"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _facts_given(kwargs: dict) -> bool:
+    if kwargs.get("facts_file") or kwargs.get("tasks") or kwargs.get("sets"):
+        return True
+    names = (option.split("/")[0].lstrip("-").replace("-", "_") for option, *_ in FACT_FLAGS)
+    return any(kwargs.get(name) is not None for name in names)
+
+
+def make_plan(kwargs: dict) -> dict:
+    """Return the plan for the command-line ``kwargs``: validate data, decide, then build the plan.
+
+    Raises DataError / PlanError / FactsError (exit 2), PolicyError (3), InfeasibleDecision (1).
+    """
+    from .data import scan_files
+    from .decision_bridge import run_decision
+    from .plan import PlanOptions, build_plan
+
+    if not kwargs.get("model_path"):
+        raise PlanError([Diagnostic("plan-no-model", "--model is required", Location("--model"),
+                                    "give the base model directory; for a demo: decide make-tiny-model ./tiny-model")])
+    data_format = None if kwargs.get("data_format") in (None, "auto") else kwargs["data_format"]
+    data_files = list(kwargs.get("data_files") or [])
+    scans = scan_files(data_files, data_format) if data_files else None  # bad data fails before anything else
+    given = build_facts(kwargs)
+    facts_file = kwargs.get("facts_file")
+    origin = os.path.dirname(os.path.abspath(facts_file)) if facts_file else os.getcwd()
+    outcome = run_decision(given, policy_path=kwargs.get("policy_path"), model_path=kwargs["model_path"], scans=scans,
+                           method=kwargs.get("method"), origin=origin, no_audit=kwargs.get("no_audit", False),
+                           audit_db=kwargs.get("audit_db"))
+    options = PlanOptions(eval_fraction=kwargs.get("eval_fraction", 0.1), max_steps=kwargs.get("max_steps"),
+                          packing=kwargs.get("packing", False), merge=kwargs.get("merge", False),
+                          load_in_4bit=kwargs.get("load_in_4bit", False), device=kwargs.get("device", "auto"),
+                          seed=kwargs.get("seed", 0), save_steps=kwargs.get("save_steps"),
+                          save_total_limit=kwargs.get("save_total_limit", 2),
+                          logging_steps=kwargs.get("logging_steps", 1), data_format=data_format,
+                          mix_cap=kwargs.get("mix_cap"), learning_rate=kwargs.get("learning_rate"))
+    return build_plan(outcome.verdict, model_path=kwargs["model_path"], data_files=data_files, options=options,
+                      decision=outcome.summary, override=outcome.override, scans=scans)
+
+
+@click.command("plan", epilog=EXIT_CODES_HELP)
+@fact_options
+@plan_options
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="write the plan to this file (default: print it)")
+def plan_command(output_path: str | None, **kwargs: Any) -> None:
+    """Decide, then write the exact training plan: method, peft and bitsandbytes configs, training
+    arguments for this device, data files with sha256, trainable parameters. Needs no GPU.
+
+    \b
+    Examples:
+      decide plan --facts examples/job.yaml --model ./tiny-model --data examples/data/alpaca.jsonl -o plan.json
+      decide plan --facts job.yaml --model ./tiny-model --data a.jsonl --data b.jsonl --method adalora
+    """
+
+    def body() -> int:
+        """Plan and write or print it; returns the exit code."""
+        from .plan import summarize, write_plan
+
+        plan = make_plan(kwargs)
+        if output_path:
+            write_plan(plan, output_path)
+            click.echo(summarize(plan), err=True)
+            click.echo(f"plan written to {output_path}", err=True)
+        else:
+            click.echo(json.dumps(plan, indent=2, ensure_ascii=False))
+        return 0
+
+    run_guarded(kwargs["error_format"], body)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def run_summary(result: Any) -> str:
+    """Return the end-of-run summary: losses, time per step, measured peak memory vs the estimate."""
+    m, man = result.metrics, result.manifest
+    tps = man.get("time_per_step", {})
+    mem = man.get("memory", {})
+    peak = mem.get("measured_peak") or {}
+    lines = [
+        f"run complete: {result.output_dir}",
+        f"method {result.plan['method']}: eval loss {_fmt(m.get('eval_loss_before'))} -> {_fmt(m.get('eval_loss_after'))}"
+        f"  (train loss {_fmt(m.get('train_loss_first'))} -> {_fmt(m.get('train_loss_last'))}, {m.get('global_step')} steps)",
+        f"time per step: {_fmt(tps.get('median_s'), '.3f')} s median  wall {_fmt(man.get('wall_time_s'), '.1f')} s",
+        f"peak memory: {_fmt(peak.get('gib'), '.3f')} GiB ({peak.get('kind')})  decision estimate: "
+        f"{_fmt(mem.get('decision_estimate_gib'), '.3f')} GiB",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("train", epilog=EXIT_CODES_HELP)
+@fact_options
+@plan_options
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None, help="a plan from `decide plan`")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="run directory (trained in <output>.partial, renamed when complete)")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its last checkpoint")
+@click.option("--overwrite", is_flag=True, help="discard an existing or interrupted run in --output")
+@click.option("--progress/--no-progress", default=True, help="progress bars on the terminal")
+def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrite: bool, progress: bool,
+                  **kwargs: Any) -> None:
+    """Train: from a plan (--plan), from facts (decides and plans first), or resume (--resume).
+
+    \b
+    Examples:
+      decide train --plan plan.json --output runs/doc-style
+      decide train --facts examples/job.yaml --model ./tiny-model --data examples/data/alpaca.jsonl --output runs/x
+      decide train --output runs/doc-style --resume
+    """
+
+    def body() -> int:
+        """Resolve the plan, run it, print the summary; returns the exit code."""
+        from .plan import load_plan
+        from .runner import run_training
+
+        planning = bool(kwargs.get("model_path") or kwargs.get("data_files") or _facts_given(kwargs))
+        if plan_path and planning:
+            raise PlanError([Diagnostic("train-plan-and-facts", "give either --plan or --facts/--model/--data, not both",
+                                        Location("--plan"))])
+        if resume and overwrite:
+            raise PlanError([Diagnostic("train-resume-overwrite", "--resume and --overwrite exclude each other",
+                                        Location("--resume"))])
+        if plan_path:
+            plan = load_plan(plan_path)
+        elif planning:
+            plan = make_plan(kwargs)
+        elif resume:
+            plan = None
+        else:
+            raise PlanError([Diagnostic("train-nothing", "nothing to train", Location("--plan"),
+                                        "give --plan, or --facts/--model/--data, or --resume")])
+
+        def log(msg: str) -> None:
+            """Print a progress message on stderr."""
+            click.echo(msg, err=True)
+
+        result = run_training(plan, output_dir, resume=resume, overwrite=overwrite, log=log, progress=progress)
+        if result.launch_command:
+            click.echo(result.launch_command)
+        elif result.already_complete:
+            click.echo(f"{result.output_dir} is complete")
+        else:
+            click.echo(run_summary(result))
+        return 0
+
+    run_guarded(kwargs["error_format"], body)
+
+
+@click.command("make-tiny-model")
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="JSONL files to train the tokenizer on (default: the bundled examples/data)")
+@click.option("--vocab-size", type=click.IntRange(min=260), default=512, show_default=True)
+@click.option("--hidden-size", type=click.IntRange(min=8), default=64, show_default=True)
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--intermediate-size", type=click.IntRange(min=8), default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int, hidden_size: int, layers: int,
+                       heads: int, kv_heads: int, intermediate_size: int, seed: int) -> None:
+    """Build a tiny random Llama model and a BPE tokenizer trained locally, for demos and tests.
+
+    \b
+    Example:
+      decide make-tiny-model ./tiny-model
+    """
+    from .tiny import build_tiny_model
+
+    try:
+        path = build_tiny_model(output_dir, list(corpus) or None, vocab_size=vocab_size, hidden_size=hidden_size,
+                                num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                                intermediate_size=intermediate_size, seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(path)

@@ -1,0 +1,28 @@
+"""IA3 executor (registers ``ia3``): learned rescaling vectors (peft ``IA3Config``)."""
+
+from __future__ import annotations
+
+from .. import register
+from ..base import Executor, PlanContext, resolve_target_modules
+
+
+@register("ia3")
+class IA3Executor(Executor):
+    """(IA)³ (Liu et al.): one learned vector per target module scales its output, or for the
+    feed-forward modules (the MLP's down projection) its input."""
+
+    peft_config_class = "IA3Config"
+    merge_blocked_when_quantized = True
+
+    def peft_kwargs(self, verdict: dict, ctx: PlanContext) -> dict:
+        """Return the IA3Config kwargs: concrete target_modules and the feedforward subset of them.
+
+        Raises PlanError for unknown target modules.
+        """
+        assert ctx.info is not None
+        targets = resolve_target_modules(verdict.get("target_modules"), ctx.info, method="ia3")
+        feedforward = [t for t in targets if t in ctx.info.feedforward_modules]
+        return {"target_modules": targets, "feedforward_modules": feedforward}
+
+
+__all__ = ["IA3Executor"]

@@ -1,0 +1,5 @@
+"""LoRA executor (registers ``lora``)."""
+
+from .executor import LoraExecutor
+
+__all__ = ["LoraExecutor"]

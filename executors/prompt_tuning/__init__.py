@@ -1,0 +1,32 @@
+"""Prompt tuning executor (registers ``prompt_tuning``): trained soft-prompt embeddings."""
+
+from __future__ import annotations
+
+from .. import register
+from ..base import Executor, PlanContext
+from ..errors import Diagnostic, Location, PlanError
+
+
+def virtual_tokens(verdict: dict) -> int:
+    """Return the verdict's ``num_virtual_tokens``; raises PlanError when missing or not positive."""
+    n = verdict.get("num_virtual_tokens")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise PlanError([Diagnostic("plan-bad-virtual-tokens", f"num_virtual_tokens is {n!r}; "
+                                    f"{verdict.get('method')} needs a positive integer", Location("<verdict>"),
+                                    "set training.num_virtual_tokens in the facts, or --num-virtual-tokens")])
+    return n
+
+
+@register("prompt_tuning")
+class PromptTuningExecutor(Executor):
+    """Prompt tuning (Lester et al.): ``num_virtual_tokens`` trained embeddings prepended to the input."""
+
+    peft_config_class = "PromptTuningConfig"
+    can_merge = False
+
+    def peft_kwargs(self, verdict: dict, ctx: PlanContext) -> dict:
+        """Return the PromptTuningConfig kwargs (random init of the virtual token embeddings)."""
+        return {"num_virtual_tokens": virtual_tokens(verdict), "prompt_tuning_init": "RANDOM"}
+
+
+__all__ = ["PromptTuningExecutor", "virtual_tokens"]

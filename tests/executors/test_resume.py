@@ -1,0 +1,200 @@
+"""Atomic outputs and resume: kill -9 a real `decide train`, resume it, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from executors.plan import PlanOptions
+
+pytestmark = pytest.mark.train
+CPU = {"type": "cpu", "count": 1, "name": "x86_64", "bf16": False, "fp16": False}
+
+
+def decide_executable() -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "decide")
+    if os.path.exists(exe):
+        return [exe]
+    return [sys.executable, "-c", "from ruleengine.cli import main; main()"]
+
+
+def write_plan(verdict, tiny_model, data, path, **options):
+    from executors.plan import build_plan, write_plan
+
+    plan = build_plan(verdict, model_path=tiny_model, data_files=data, device=CPU,
+                      options=PlanOptions(**{"eval_fraction": 0.1, **options}))
+    write_plan(plan, str(path))
+    return plan
+
+
+def complete_checkpoint(staging):
+    from executors.runner import checkpoint_complete
+
+    ckpts = os.path.join(staging, "checkpoints")
+    if not os.path.isdir(ckpts):
+        return None
+    for name in os.listdir(ckpts):
+        if name.startswith("checkpoint-") and checkpoint_complete(os.path.join(ckpts, name)):
+            return name
+    return None
+
+
+def test_kill_and_resume(tiny_model, verdict, examples, tmp_path):
+    from executors.cli import train_command
+
+    data = tmp_path / "train.jsonl"
+    shutil.copy(examples / "alpaca.jsonl", data)
+    plan = write_plan(verdict("lora"), tiny_model, [str(data)], tmp_path / "plan.json", max_steps=40, save_steps=1)
+    out = tmp_path / "run"
+    staging = f"{out}.partial"
+    proc = subprocess.Popen([*decide_executable(), "train", "--plan", str(tmp_path / "plan.json"), "--output",
+                             str(out), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while complete_checkpoint(staging) is None:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    # an interrupted run never looks complete
+    assert not out.exists()
+    assert os.path.isdir(staging) and not os.path.exists(os.path.join(staging, "COMPLETE"))
+
+    # without --resume the interrupted run is protected
+    refused = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "plan.json"), "--output", str(out)])
+    assert refused.exit_code == 2 and "pass --resume" in refused.output
+
+    result = CliRunner().invoke(train_command, ["--output", str(out), "--resume", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output and "run complete" in result.output
+    assert (out / "COMPLETE").is_file() and not os.path.exists(staging)
+    manifest = json.loads((out / "run-manifest.json").read_text())
+    assert manifest["resumed_from"] and manifest["resumed_from"][0].startswith("checkpoint-")
+    assert int(manifest["resumed_from"][0].split("-")[1]) >= 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["global_step"] == 40
+    assert [p["step"] for p in metrics["loss_curve"]] == list(range(1, 41))  # history survives the resume
+    assert metrics["eval_loss_before"] is not None and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert plan["plan_sha256"] == manifest["plan_sha256"]
+
+    again = CliRunner().invoke(train_command, ["--output", str(out), "--resume"])
+    assert again.exit_code == 0 and "is complete" in again.output
+
+
+def staged(verdict, tiny_model, examples, tmp_path, **options):
+    """Return (plan, output) with a staged, never-trained run (what a kill before step 1 leaves)."""
+    from executors.runner import prepare_run_dir
+
+    data = tmp_path / "train.jsonl"
+    shutil.copy(examples / "alpaca.jsonl", data)
+    plan = write_plan(verdict("lora"), tiny_model, [str(data)], tmp_path / "plan.json", max_steps=3, **options)
+    out = tmp_path / "run"
+    prepare_run_dir(plan, str(out), resume=False, overwrite=False)
+    return plan, out, data
+
+
+def test_resume_refuses_when_data_changed(tiny_model, verdict, examples, tmp_path):
+    from executors.cli import train_command
+
+    _plan, out, data = staged(verdict, tiny_model, examples, tmp_path)
+    with data.open("a") as fh:
+        fh.write('{"instruction": "new", "output": "row"}\n')
+    result = CliRunner().invoke(train_command, ["--output", str(out), "--resume"])
+    assert result.exit_code == 2
+    assert f"error[run-data-changed]: data file {data} changed since the plan was made" in result.output
+    assert not out.exists()
+
+
+def test_resume_refuses_a_different_plan(tiny_model, verdict, examples, tmp_path):
+    from executors.cli import train_command
+    from executors.plan import build_plan
+    from executors.plan import write_plan as write
+
+    plan, out, data = staged(verdict, tiny_model, examples, tmp_path)
+    other = build_plan(verdict("lora", rank=4), model_path=tiny_model, data_files=[str(data)], device=CPU,
+                       options=PlanOptions(max_steps=3))
+    write(other, str(tmp_path / "other.json"))
+    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "other.json"), "--output", str(out),
+                                                "--resume"])
+    assert result.exit_code == 2 and "run-plan-changed" in result.output
+    same = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "plan.json"), "--output", str(out),
+                                              "--resume", "--no-progress"])
+    assert same.exit_code == 0, same.output
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    from executors.cli import train_command
+
+    result = CliRunner().invoke(train_command, ["--output", str(tmp_path / "none"), "--resume"])
+    assert result.exit_code == 2 and "nothing to resume" in result.output
+
+
+def test_complete_output_is_not_overwritten(tiny_model, verdict, examples, tmp_path):
+    from executors.cli import train_command
+
+    write_plan(verdict("ia3"), tiny_model, [str(examples / "alpaca.jsonl")], tmp_path / "p.json", max_steps=2)
+    args = ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r"), "--no-progress"]
+    assert CliRunner().invoke(train_command, args).exit_code == 0
+    second = CliRunner().invoke(train_command, args)
+    assert second.exit_code == 2 and "already holds a complete run" in second.output
+    assert CliRunner().invoke(train_command, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_incomplete_checkpoints_are_discarded(tmp_path):
+    from executors.runner import last_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (3, False)):
+        d = ckpts / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+        else:
+            (d / "trainer_state.json").write_text('{"global_')
+    assert last_checkpoint(str(ckpts), log=lambda m: None) == str(ckpts / "checkpoint-2")
+    assert not (ckpts / "checkpoint-3").exists()
+
+
+def test_multi_gpu_plan_writes_accelerate_config_and_prints_the_command(tiny_model, verdict, examples, tmp_path):
+    from executors.cli import train_command
+
+    write_plan(verdict("lora", training={"gpu_count": 2, "sharding": "zero3_offload"}), tiny_model,
+               [str(examples / "alpaca.jsonl")], tmp_path / "p.json", max_steps=2)
+    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    staging = tmp_path / "r.partial"
+    config = (staging / "accelerate_config.yaml").read_text()
+    assert "distributed_type: DEEPSPEED" in config and "offload_param_device: cpu" in config
+    assert f"accelerate launch --config_file {staging}/accelerate_config.yaml -m executors.runner" in result.output
+    assert "pip install deepspeed" in result.output
+    assert not (tmp_path / "r").exists()  # nothing was trained here
+
+    # what every rank runs under `accelerate launch` (here a single process, no distributed env)
+    from executors.runner import main
+
+    assert main(["--output", str(tmp_path / "r"), "--launched"]) == 0
+    assert (tmp_path / "r" / "COMPLETE").is_file() and not staging.exists()
+
+
+def test_a_plan_without_data_is_refused_before_anything_is_written(tiny_model, verdict, tmp_path):
+    from executors.cli import train_command
+
+    write_plan(verdict("lora"), tiny_model, None, tmp_path / "p.json", max_steps=2)
+    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "run-no-data" in result.output
+    assert not (tmp_path / "r.partial").exists()

@@ -74,12 +74,15 @@ def _order(rule: dict) -> tuple:
     return (rule["priority"], rule["id"])
 
 
-def evaluate_reference(policy: Any, given: dict) -> ReferenceDecision:
-    """Decide ``given`` facts under ``policy`` by the language definition; raises FactsError for bad facts."""
+def evaluate_reference(policy: Any, given: dict, origin: str = "") -> ReferenceDecision:
+    """Decide ``given`` facts under ``policy`` by the language definition; raises FactsError for bad facts.
+
+    ``origin`` is the directory relative ``model.config`` paths are read from.
+    """
     doc = policy.dump_data()
     thresholds = threshold_values(doc)
     facts = normalize_facts(given, policy)
-    derived = derive(policy, facts)
+    derived = derive(policy, facts, origin)
     flat = dict(derived.flat)
     rules = doc["rules"]
     select = sorted((r for r in rules if r.get("kind", "select") == "select"), key=_order)

@@ -261,8 +261,7 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     multitask = None
     if facts["data"].get("num_tasks", 1) > 1:
         mt = policy.defaults.get("multitask") or {}
-        multitask = {"temperature": float(mt.get("temperature", policy.thresholds.get("multitask_temperature", 0.7))),
-                     "cap": mt.get("cap")}
+        multitask = {"temperature": float(policy.thresholds.get("multitask_temperature", 0.7)), "cap": mt.get("cap")}
     return Candidate(method, rank, alpha, dropout, target, num_virtual_tokens, adapter_size, init_rank, quantization,
                      training, multitask, est, usable, notes)
 

@@ -290,7 +290,8 @@ def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explai
     for text in ev.derived.notes:
         notes.append({"code": "facts-adjusted", "message": text, "rule": None})
     estimates = explain_mod.method_estimates(policy, ev.derived, facts)
-    rejected = explain_mod.rejected_methods(ev.trace, ev.derived, ev.candidate)
+    why_not = {m: spec["why_not"] for m, spec in (policy.defaults.get("methods") or {}).items() if spec.get("why_not")}
+    rejected = explain_mod.rejected_methods(ev.trace, ev.derived, ev.candidate, why_not)
     suggestions = [] if ev.candidate else explain_mod.suggestions(policy, facts, origin)
     t3 = time.perf_counter()
     counterfactuals = explain_mod.counterfactuals(policy, facts, ev, origin) if explain else None

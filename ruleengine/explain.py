@@ -87,13 +87,15 @@ def describe_failure(failed: dict) -> str:
     return text
 
 
-def rejected_methods(trace: list[dict], derived: Derived, chosen: Candidate | None) -> list[dict]:
+def rejected_methods(trace: list[dict], derived: Derived, chosen: Candidate | None,
+                     why_not: dict[str, str] | None = None) -> list[dict]:
     """Return, for every method other than the chosen one, why it was not chosen.
 
     Codes: ``memory`` (a rule chose it but its verdict does not fit, or no rule chose it and it
     does not fit at its defaults), ``outranked`` (a rule chose it and it fits, but a rule that
     comes first won), ``conditions`` (the rules that choose it did not match: the first failing
-    condition with the actual value and margin), ``no-rule`` (no rule of the policy chooses it).
+    condition with the actual value and margin), ``no-rule`` (no rule of the policy chooses it;
+    the policy's ``defaults.methods.<m>.why_not`` says why, when given).
     """
     out: list[dict] = []
     chosen_event = next((e for e in trace if e.get("chosen")), None)
@@ -130,7 +132,10 @@ def rejected_methods(trace: list[dict], derived: Derived, chosen: Candidate | No
                         "reason": f"rule `{e['rule']}` does not apply: {describe_failure(failed)}" if failed
                         else f"rule `{e['rule']}` does not apply"})
         else:
-            out.append({**base, "code": "no-rule", "reason": f"no rule of this policy chooses {method}"})
+            reason = f"no rule of this policy chooses {method}"
+            if why_not and why_not.get(method):
+                reason += f": {why_not[method]}"
+            out.append({**base, "code": "no-rule", "reason": reason})
     return out
 
 

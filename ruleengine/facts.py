@@ -188,6 +188,7 @@ def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
     serving.setdefault("requests_per_day", 0.0)
     serving.setdefault("avg_latency_ms", 200.0)
     serving.setdefault("adapters", 1)
+    _drop_shadowed_shape_errors(diags)
     if diags:
         raise FactsError(diags)
     out = {"model": model, "hardware": hardware, "data": dat, "task": task, "serving": serving,
@@ -195,6 +196,12 @@ def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
     if resolve_config is not None and model.get("config"):
         resolve_config(model["config"], inp)
     return out
+
+
+def _drop_shadowed_shape_errors(diags: list[Diagnostic]) -> None:
+    """Keep one message per bad count: facts-bad-count says more than the schema's shape error."""
+    counted = {d.path for d in diags if d.code == "facts-bad-count"}
+    diags[:] = [d for d in diags if d.code == "facts-bad-count" or d.path not in counted]
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:

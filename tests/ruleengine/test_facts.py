@@ -53,7 +53,7 @@ def test_multi_task_examples_are_summed():
 @pytest.mark.parametrize("facts,code,path", [
     ({"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb"}, "data": {"exampels": 5}}, "facts-unknown-field",
      "data.exampels"),
-    ({"model": {"params": "7X"}, "hardware": {"gpu": "a100-80gb"}, "data": {"examples": 5}}, "facts-bad-value",
+    ({"model": {"params": "7X"}, "hardware": {"gpu": "a100-80gb"}, "data": {"examples": 5}}, "facts-bad-count",
      "model.params"),
     ({"model": {"params": "7B"}, "hardware": {"gpu": "a100-80g"}, "data": {"examples": 5}}, "facts-unknown-gpu",
      "hardware.gpu"),

@@ -68,8 +68,8 @@ def test_default_policy_has_no_errors_and_is_fast():
     assert elapsed < 10
     codes = {d.code for d in report.diagnostics}
     assert "rule-shadowed" not in codes and "select-gap" not in codes and "rule-never-fits" not in codes
-    dead = sorted(d.path for d in report.diagnostics if d.code == "advise-never-matches")
-    assert dead == ["rules.adapter-superseded", "rules.prefix-tuning-causal-lm", "rules.prompt-tuning-small-model"]
+    assert report.count("warning") == 0, [d.render() for d in report.diagnostics]
+    assert "advise-never-matches" not in codes
 
 
 def test_fallbacks_with_cheaper_verdicts_are_not_shadowed(write_policy):

@@ -224,7 +224,7 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
 
     cfg = MethodConfig(method=method, rank=init_rank or rank, target_modules=target or "all-linear",
                        num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size, dropout=dropout,
-                       double_quant=quantization.get("double_quant") if quantization else None)
+                       double_quant=bool(quantization.get("double_quant")) if quantization else None)
 
     def _estimate(sharding: str, micro_batch: int) -> Estimate:
         setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],

@@ -16,7 +16,7 @@ from .diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
 from .paths import load_schema
 from .schema_check import validate
 from .units import parse_count
-from .yamlsafe import LocatedDoc, load_yaml_file
+from .yamlsafe import load_yaml_file
 
 
 class FactsError(DiagnosticError):
@@ -30,7 +30,7 @@ class FactsInput:
     """Facts as given, with a way to locate each field (file position or CLI flag)."""
 
     data: dict
-    doc: LocatedDoc | None = None
+    doc: Any = None  # a LocatedDoc, or anything with .loc(path, key) -> Location
     flag_paths: dict[tuple, str] = field(default_factory=dict)  # path -> "--flag" that set it
 
     def locate(self, path: tuple, key: bool = False) -> Location:

@@ -141,7 +141,8 @@ def chosen_methods(analysis: Analysis) -> set[str]:
             continue
         then = info.rule.then
         if then.get("use_case"):
-            out.update(verdict_spec(analysis.policy, then, uc).get("method") for uc in rule_use_cases(analysis.space, info))
+            out.update(str(verdict_spec(analysis.policy, then, uc).get("method"))
+                       for uc in rule_use_cases(analysis.space, info))
         elif then.get("method"):
             out.add(then["method"])
     out.discard(None)

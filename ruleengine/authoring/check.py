@@ -167,7 +167,7 @@ def _dominance(c: _Ctx, earlier: RuleInfo, later: RuleInfo, region: list[Box], u
     return True
 
 
-def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None = None,  # type: ignore[no-untyped-def]
+def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None = None,
                     counts_grid: tuple = COUNT_GRID):
     """Yield (normalized facts, gpu count, bf16) over model sizes x GPU counts x bf16 inside ``box``."""
     space, probe = c.space, c.probe

@@ -182,7 +182,7 @@ def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = 
             model_values.add(cell.lo * 1.001 if cell.lo_open else cell.lo)
         if 1e8 <= cell.hi <= 1e12:
             model_values.add(cell.hi * 0.999 if cell.hi_open else cell.hi)
-    model_values = sorted(model_values)
+    model_axis: list[Any] = sorted(model_values)
     gpus: dict[str, list] = {}
     for policy in policies:
         for name in policy.gpus:
@@ -191,7 +191,7 @@ def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = 
     classes: dict[tuple, str] = {}
     weight: dict[str, int] = {}
     for name in gpus:
-        key = tuple((p.gpus.get(name, {}).get("memory_gb"), p.gpus.get(name, {}).get("bf16", True))
+        key: tuple = tuple((p.gpus.get(name, {}).get("memory_gb"), p.gpus.get(name, {}).get("bf16", True))
                     for p in policies)
         if named or any(name not in p.gpus for p in policies):
             key = (name,)
@@ -214,7 +214,7 @@ def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = 
             floor = 1 if dim == "serving.adapters" else 0
             values = [_representative(c, ft.kind == "integer", floor) for c in _cells(policies, dim)]
             rule_axes[dim] = [int(x) if ft.kind == "integer" else float(x) for x in values]
-    memory_axes = {"model.params": model_values, "hardware.gpu": list(weight), "hardware.gpu_count": list(counts),
+    memory_axes: dict[str, list[Any]] = {"model.params": model_axis, "hardware.gpu": list(weight), "hardware.gpu_count": list(counts),
                    "task.use_case": use_cases}
     return Grid(memory_axes, rule_axes, weight, {})
 

@@ -331,7 +331,7 @@ class Space:
             return bool(entry.get("bf16", True))
         return float(entry.get("price_per_hour") or 0.0)
 
-    def _table_set(self, dim: str, keys: Iterable, op: str, value: Any, get) -> list[Box]:  # type: ignore[no-untyped-def]
+    def _table_set(self, dim: str, keys: Iterable, op: str, value: Any, get: Any) -> list[Box]:
         self.dim(dim)
         allowed = frozenset(k for k in keys if compare(op, get(k), value))
         return [_mk({dim: allowed})] if allowed else []

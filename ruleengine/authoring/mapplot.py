@@ -90,7 +90,7 @@ def make_axis(policy: Any, fact: str, flag: str, value_range: str | None, resolu
                 raise _bad(f"{flag}-range needs 0 < LOW < HIGH", f"{flag}-range")
         n = max(2, resolution)
         if log:
-            values = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * k / (n - 1)) for k in range(n)]
+            values: list[Any] = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * k / (n - 1)) for k in range(n)]
         else:
             values = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
         if integer:
@@ -99,7 +99,7 @@ def make_axis(policy: Any, fact: str, flag: str, value_range: str | None, resolu
     ft = GIVEN.get(fact)
     if ft is not None and ft.kind in ("enum", "bool"):
         if ft.kind == "bool":
-            values: list = [False, True]
+            values = [False, True]
         elif ft.values is not None:
             values = list(ft.values)
         else:

@@ -81,8 +81,8 @@ def _param_name(option: str) -> str:
     return option.split("/")[0].lstrip("-").replace("-", "_")
 
 
-def fact_options(func: Callable) -> Callable:
-    """Add --facts, --policy, every fact flag, --task and --set to a command."""
+def fact_flags(func: Callable, facts_help: str = "facts file (YAML or JSON); flags override its fields") -> Callable:
+    """Add --facts, every fact flag, --task and --set to a command."""
     for option, _path, typ, help_text in reversed(FACT_FLAGS):
         if typ is None:
             func = click.option(option, _param_name(option), default=None, help=help_text)(func)
@@ -92,8 +92,13 @@ def fact_options(func: Callable) -> Callable:
                         help="one task of a multi-task dataset, repeatable [data.tasks]")(func)
     func = click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
                         help="set any fact by its path, e.g. --set serving.adapters=20 (YAML value)")(func)
-    func = click.option("--facts", "facts_file", type=click.Path(dir_okay=False), default=None,
-                        help="facts file (YAML or JSON); flags override its fields")(func)
+    func = click.option("--facts", "facts_file", type=click.Path(dir_okay=False), default=None, help=facts_help)(func)
+    return func
+
+
+def fact_options(func: Callable) -> Callable:
+    """Add --policy, --error-format and the fact flags (see ``fact_flags``) to a command."""
+    func = fact_flags(func)
     func = click.option("--policy", "policy_path", type=click.Path(), default=None,
                         help="policy file or bundle directory (default: the bundled policies/default)")(func)
     func = click.option("--error-format", type=click.Choice(["text", "json"]), default="text",

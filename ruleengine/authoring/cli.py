@@ -21,10 +21,9 @@ from ..cli import (
     EXIT_BAD_POLICY,
     EXIT_CODES_HELP,
     EXIT_TESTS_FAILED,
-    FACT_FLAGS,
-    _param_name,
     build_facts,
     discover_policies,
+    fact_flags,
     fact_options,
     run_guarded,
 )
@@ -163,18 +162,7 @@ def _default_lock(target: str, name: str) -> str:
 # --- fixed-fact flags without --policy (for diff --map) -------------------------------------------
 
 def _fixed_fact_options(func: Callable) -> Callable:
-    for option, _path, typ, help_text in reversed(FACT_FLAGS):
-        if typ is None:
-            func = click.option(option, _param_name(option), default=None, help=help_text)(func)
-        else:
-            func = click.option(option, _param_name(option), type=typ, default=None, help=help_text)(func)
-    func = click.option("--task", "tasks", multiple=True, metavar="NAME=EXAMPLES",
-                        help="one task of a multi-task dataset, repeatable [data.tasks]")(func)
-    func = click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
-                        help="set any fact by its path (YAML value)")(func)
-    func = click.option("--facts", "facts_file", type=click.Path(dir_okay=False), default=None,
-                        help="facts file held fixed on the map; flags override its fields")(func)
-    return func
+    return fact_flags(func, facts_help="facts file held fixed on the map; flags override its fields")
 
 
 def _map_options(func: Callable) -> Callable:

@@ -40,6 +40,8 @@ def _cost(policy: Any, derived: Derived, cand: Candidate, facts: dict) -> dict |
                        target_modules=cand.target_modules or "all-linear",
                        num_virtual_tokens=cand.num_virtual_tokens, adapter_size=cand.adapter_size)
     tokens = float(facts["data"]["examples"]) * float(facts["data"]["avg_tokens"])
+    if tokens <= 0:  # no data given (decide estimate): no cost to state
+        return None
     cost = estimate_cost(derived.arch, cfg, setup, tokens_total=tokens, epochs=float(t.get("epochs", 1)),
                          gpu_tflops=float(gpu.tflops), price_per_hour=float(gpu.price_per_hour or 0.0),
                          constants=CostConstants.from_policy(policy.cost))
@@ -53,6 +55,7 @@ def method_estimates(policy: Any, derived: Derived, facts: dict) -> dict[str, di
         cand = derived.defaults[method]
         entry = {"label": cand.label(), "fits": cand.fits, "usable_gb": round(cand.usable_gb, 3),
                  "headroom_gb": round(cand.headroom_gb, 3), "sharding": cand.training["sharding"],
+                 "micro_batch_size": cand.training["micro_batch_size"],
                  "memory": cand.estimate.to_dict()}
         entry["cost"] = _cost(policy, derived, cand, facts) if cand.fits else None
         out[method] = entry
@@ -341,7 +344,7 @@ def verdict_label(verdict: dict | None) -> str:
 
 def render_estimates_table(estimates: dict[str, dict]) -> list[str]:
     """Return the per-method memory/cost table as text lines."""
-    head = (f"  {'method':<14}{'weights':>8}{'grads':>7}{'optim':>7}{'activ':>7}{'logits':>7}{'other':>7}"
+    head = (f"  {'method':<14}{'mb':>4}{'weights':>8}{'grads':>7}{'optim':>7}{'activ':>7}{'logits':>7}{'other':>7}"
             f"{'total':>8}  {'fits':<5}{'trainable':>11}{'GPU-h':>9}{'cost $':>9}")
     lines = [head]
     for _method, e in estimates.items():
@@ -350,7 +353,7 @@ def render_estimates_table(estimates: dict[str, dict]) -> list[str]:
         cost = e.get("cost") or {}
         gh = f"{cost['gpu_hours']:.1f}" if cost.get("gpu_hours") is not None else "-"
         usd = f"{cost['dollars']:.0f}" if cost.get("dollars") is not None else "-"
-        lines.append(f"  {e['label']:<14}{m['weights_gib']:>8.1f}{m['gradients_gib']:>7.1f}{m['optimizer_gib']:>7.1f}"
+        lines.append(f"  {e['label']:<14}{e.get('micro_batch_size', ''):>4}{m['weights_gib']:>8.1f}{m['gradients_gib']:>7.1f}{m['optimizer_gib']:>7.1f}"
                      f"{m['activations_gib']:>7.1f}{m['logits_gib']:>7.1f}{other:>7.1f}{m['total_gib']:>8.1f}  "
                      f"{'yes' if e['fits'] else 'NO':<5}{format_count(m['trainable_params']):>11}{gh:>9}{usd:>9}")
     return lines
@@ -389,7 +392,7 @@ def render_decision_text(d: dict, show_estimates: bool = True) -> str:
     lines.append(f"Hardware: {der['hardware.gpu_count']}x {gpu}, {der['hardware.gpu_memory_gb']:g} GiB each, "
                  f"{der['hardware.usable_gb']:.1f} GiB usable")
     if show_estimates:
-        lines.append("Memory per GPU at each method's defaults (GiB):")
+        lines.append("Memory per GPU at each method's defaults (GiB; mb = the micro-batch chosen to fit):")
         lines.extend(render_estimates_table(d["estimates"]))
     if d["warnings"]:
         lines.append("Warnings:")

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -60,12 +59,10 @@ def test_deny_warnings_turns_warnings_into_failure(name, monkeypatch):
     assert run("check", f"tests/fixtures/policies/{name}", "--deny-warnings").exit_code == 5
 
 
-def test_default_policy_has_no_errors_and_is_fast():
-    t0 = time.perf_counter()
+def test_default_policy_has_no_errors():
+    # speed is measured by bench/bench_check.py, not asserted here
     report = check_policy(str(REPO / "policies" / "default"))
-    elapsed = time.perf_counter() - t0
     assert report.count("error") == 0, [d.render() for d in report.diagnostics]
-    assert elapsed < 10
     codes = {d.code for d in report.diagnostics}
     assert "rule-shadowed" not in codes and "select-gap" not in codes and "rule-never-fits" not in codes
     assert report.count("warning") == 0, [d.render() for d in report.diagnostics]

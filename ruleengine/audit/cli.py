@@ -291,6 +291,29 @@ def explain_decision(decision: dict) -> str:
                 f"explanation renderer cannot read this record: {type(exc).__name__}: {exc})")
 
 
+def recorded_counterfactuals(store: Any, record: dict) -> list[dict] | None:
+    """Return counterfactuals for a record that has none, computed from its stored policy snapshot and facts.
+
+    They are computed now, from the exact policy of the record; returns None when the current engine
+    no longer reaches the recorded verdict (then counterfactuals of the record cannot be given).
+    """
+    from ..diagnostics import DiagnosticError
+    from ..engine import decide
+    from .replay import snapshot_policy
+
+    old = record.get("decision") or {}
+    try:
+        policy = snapshot_policy(store, record["policy"]["sha256"])
+        content = (((old.get("facts") or {}).get("normalized") or {}).get("model") or {}).get("config_content")
+        new = decide(policy, (old.get("facts") or {}).get("given") or {}, explain=True, model_config=content)
+    except DiagnosticError:
+        return None
+    if (new.verdict or {}).get("method") != (old.get("verdict") or {}).get("method") or \
+            (new.verdict or {}).get("rank") != (old.get("verdict") or {}).get("rank"):
+        return None
+    return new.counterfactuals
+
+
 @audit_group.command(name="show")
 @db_option
 @click.argument("record_id", metavar="ID")
@@ -309,7 +332,10 @@ def show_cmd(db: str | None, record_id: str, fmt: str, explain: bool) -> None:
     """
     with open_store(db) as store:
         record = store.get(store.resolve_id(record_id))
-    text_expl = explain_decision(record.get("decision") or {}) if explain else None
+        decision = dict(record.get("decision") or {})
+        if explain and decision.get("counterfactuals") is None:
+            decision["counterfactuals"] = recorded_counterfactuals(store, record)
+    text_expl = explain_decision(decision) if explain else None
     if fmt == "json":
         if text_expl is not None:
             record = dict(record, explanation=text_expl)

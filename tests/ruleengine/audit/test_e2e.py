@@ -121,6 +121,8 @@ def test_show_explain_uses_the_engine_renderer(real_store):
     res = CliRunner().invoke(audit_group, ["show", ids[0], "--db", path, "--explain"], catch_exceptions=False)
     assert res.exit_code == 0
     assert "Why not the others" in res.stdout and "rendered from the stored fields" not in res.stdout
+    # counterfactuals are computed from the record's own policy snapshot when the record has none
+    assert "What would change the verdict" in res.stdout
 
 
 def test_decide_records_and_audit_verifies(engine, tmp_path):

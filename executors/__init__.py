@@ -39,7 +39,7 @@ def register(name: str) -> Callable[[T], T]:
         if existing is not None and existing is not cls:
             raise ValueError(f"executor `{name}` is already registered by {existing.__module__}.{existing.__name__}")
         cls.method = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls  # type: ignore[assignment]
+        _REGISTRY[name] = cls
         return cls
 
     return decorator

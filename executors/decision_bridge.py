@@ -83,7 +83,7 @@ def run_decision(given: Any, *, policy_path: str | None, model_path: str | None,
     record_id = record_audit(decision, policy, no_audit, audit_db)
     policy_method = decision.verdict["method"] if decision.verdict else None
     if not decision.feasible and method is None:
-        hints = "; ".join(s.get("message", str(s)) for s in decision.suggestions[:3]) if decision.suggestions else ""
+        hints = "; ".join(s.get("text", str(s)) for s in decision.suggestions[:3]) if decision.suggestions else ""
         raise InfeasibleDecision([Diagnostic(
             "plan-infeasible", "the policy found no method that fits these facts; nothing to plan",
             Location("--facts"), (hints + "; " if hints else "") + "or force one with --method")])
@@ -94,6 +94,7 @@ def run_decision(given: Any, *, policy_path: str | None, model_path: str | None,
         verdict = candidate.verdict()
         override = {"method": method, "policy_method": policy_method}
     else:
+        assert decision.chosen_rule is not None and decision.verdict is not None  # infeasible raised above
         candidate = derived.candidates[decision.chosen_rule]
         verdict = dict(decision.verdict)
     trainable = getattr(candidate.estimate, "trainable_params", None)

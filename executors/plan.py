@@ -80,7 +80,7 @@ def map_precision(requested: str, device: dict, full_ft: bool, quantized: bool) 
     elif requested in ("bf16_mixed", "bf16_pure") and not device.get("bf16"):
         used = "fp16_mixed"
         reason = f"requested {requested}, but {device.get('name') or 'this GPU'} has no bf16: fp16 mixed precision"
-    half = {"bf16_mixed": "bfloat16", "bf16_pure": "bfloat16", "fp16_mixed": "float16"}.get(used)
+    half = {"bf16_mixed": "bfloat16", "bf16_pure": "bfloat16", "fp16_mixed": "float16"}.get(used, "float32")
     if used == "fp32":
         model_dtype = "float32"
     elif used == "bf16_pure":
@@ -198,7 +198,7 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
 
     options = options or PlanOptions()
     verdict = copy.deepcopy(verdict)
-    method = verdict.get("method")
+    method = str(verdict.get("method"))
     try:
         executor = get_executor(method)
     except KeyError as exc:
@@ -338,7 +338,10 @@ def validate_plan(plan: Any, where: str = "<plan>") -> None:
 
     if not isinstance(plan, dict):
         raise PlanError([Diagnostic("plan-not-object", "a plan must be a JSON object", Location(where))])
-    diags = validate(plan, load_schema("plan.schema.json"), lambda path, key=False: Location(where), "plan")
+    def locate(path: tuple, key: bool = False) -> Location:
+        return Location(where)
+
+    diags = validate(plan, load_schema("plan.schema.json"), locate, "plan")
     if diags:
         raise PlanError(diags)
     if plan["plan_sha256"] != plan_sha256(plan):

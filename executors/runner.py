@@ -267,7 +267,7 @@ def _make_trainer_class() -> Any:
             decay, layers = self.layerwise
             opt_model = self.model if model is None else model
             groups = layerwise_param_groups(opt_model, self.args.learning_rate, decay, layers)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)  # type: ignore[arg-type]
             for g in groups:
                 g["weight_decay"] = self.args.weight_decay
             self.optimizer = optimizer_cls([{k: v for k, v in g.items() if k not in ("lr_scale", "depth")}
@@ -492,6 +492,7 @@ def run_training(plan: dict | None, output: str, *, resume: bool = False, overwr
     if plan is not None:
         validate_plan(plan)
         check_runnable(plan)
+    run: RunDir | None
     if launched:
         plan, run = _attach_launched(output)
     else:

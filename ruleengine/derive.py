@@ -19,7 +19,7 @@ from .vocabulary import GIVEN, METHODS, RANKED_METHODS
 
 TRAINING_KEYS = ("precision", "optimizer", "micro_batch_size", "seq_len", "gradient_checkpointing", "sharding",
                  "learning_rate", "lr_scheduler", "warmup_ratio", "epochs", "effective_batch_size",
-                 "max_micro_batch_size", "layerwise_lr_decay")
+                 "max_micro_batch_size", "auto_headroom_gb", "layerwise_lr_decay")
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,7 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     training["gpu_count"] = gpu.count
     eff = int(training.pop("effective_batch_size", 0) or 0)
     max_auto = int(training.pop("max_micro_batch_size", 8) or 8)
+    auto_headroom = float(training.pop("auto_headroom_gb", 0.0) or 0.0)
 
     cfg = MethodConfig(method=method, rank=init_rank or rank, target_modules=target or "all-linear",
                        num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size, dropout=dropout,
@@ -242,11 +243,16 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     else:
         batches = [int(training["micro_batch_size"])]
     chosen: tuple[str, int, Estimate] | None = None
-    for sharding in shardings:
-        for micro_batch in batches:
-            est = _estimate(sharding, micro_batch)
-            if est.total_gib <= usable:
-                chosen = (sharding, micro_batch, est)
+    # an auto micro-batch keeps `auto_headroom_gb` free when some batch size can; a fixed one only has to fit
+    limits = [usable - auto_headroom, usable] if len(batches) > 1 and auto_headroom > 0 else [usable]
+    for limit in limits:
+        for sharding in shardings:
+            for micro_batch in batches:
+                est = _estimate(sharding, micro_batch)
+                if est.total_gib <= limit:
+                    chosen = (sharding, micro_batch, est)
+                    break
+            if chosen:
                 break
         if chosen:
             break

@@ -124,10 +124,21 @@ def test_routing_errors(server):
     assert call(url + "/healthz", "POST", {"a": 1})[0] == 405
 
 
-def test_oversized_body_is_refused(server):
+def test_oversized_body_is_refused_before_it_is_read(server):
+    import http.client
+    from urllib.parse import urlparse
+
     url, _ = server
-    status, payload = call(url + "/v1/decide", "POST", b"{" + b" " * (MAX_BODY + 10) + b"}")
-    assert status == 413 and payload["error"]["code"] == "body-too-large"
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("POST", "/v1/decide")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(MAX_BODY + 10))
+    conn.endheaders()  # the body is never sent: the server must answer from the header alone
+    resp = conn.getresponse()
+    payload = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 413 and payload["error"]["code"] == "body-too-large"
 
 
 def test_concurrent_requests_are_all_decided_and_recorded(server):

@@ -159,8 +159,13 @@ def test_decide_serve_subprocess(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ruleengine.cli", "serve", "--port", "0"], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline()
-        port = int(re.search(r":(\d+)$", line.strip()).group(1))
+        port = None
+        for _ in range(50):  # skip anything printed before the "serving ... on http://host:port" line
+            found = re.search(r"^serving .* on http://[^:]+:(\d+)$", proc.stderr.readline().strip())
+            if found:
+                port = int(found.group(1))
+                break
+        assert port is not None
         status, body = call(f"http://127.0.0.1:{port}/v1/decide", "POST", FACTS)
         assert status == 200 and body["verdict"]["method"] == "lora"
     finally:

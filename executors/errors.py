@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ruleengine.diagnostics import Diagnostic, DiagnosticError, Location
 
-__all__ = ["DataError", "Diagnostic", "Location", "PlanError", "ResumeError", "RunError", "plan_error"]
+__all__ = ["DataError", "Diagnostic", "Location", "PlanError", "ResumeError", "RunError", "plan_error", "positive_int"]
 
 
 class PlanError(DiagnosticError):
@@ -33,6 +33,15 @@ class RunError(DiagnosticError):
     """Training could not start with this plan on this machine (e.g. the plan needs CUDA and there is none)."""
 
     exit_code = 2
+
+
+def positive_int(verdict: dict, key: str, code: str, help_text: str) -> int:
+    """Return ``verdict[key]`` as a positive int; raises PlanError ``code`` (with ``help_text``) otherwise."""
+    value = verdict.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PlanError([Diagnostic(code, f"the verdict's {key} is {value!r}; {verdict.get('method')} needs a "
+                                    "positive integer", Location("<verdict>"), help_text)])
+    return value
 
 
 def plan_error(code: str, message: str, help_text: str = "", where: str = "<plan>") -> PlanError:

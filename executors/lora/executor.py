@@ -6,7 +6,7 @@ from importlib import metadata
 
 from .. import register
 from ..base import Executor, PlanContext, resolve_target_modules
-from ..errors import Diagnostic, Location, PlanError
+from ..errors import Diagnostic, Location, positive_int
 
 #: first peft release whose bitsandbytes 4-bit LoRA layer supports DoRA (peft#1518)
 PEFT_DORA_4BIT = (0, 10, 0)
@@ -30,12 +30,7 @@ def peft_supports_dora_on_4bit() -> bool:
 
 def rank_of(verdict: dict, key: str = "rank") -> int:
     """Return the verdict's rank as a positive int; raises PlanError when it is missing or not positive."""
-    value = verdict.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PlanError([Diagnostic("plan-bad-rank", f"the verdict's {key} is {value!r}; {verdict.get('method')} "
-                                    "needs a positive integer rank", Location("<verdict>"),
-                                    "set training.lora_rank in the facts, or --lora-rank")])
-    return value
+    return positive_int(verdict, key, "plan-bad-rank", "set training.lora_rank in the facts, or --lora-rank")
 
 
 @register("lora")

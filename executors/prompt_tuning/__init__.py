@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from .. import register
 from ..base import Executor, PlanContext
-from ..errors import Diagnostic, Location, PlanError
+from ..errors import positive_int
 
 
 def virtual_tokens(verdict: dict) -> int:
     """Return the verdict's ``num_virtual_tokens``; raises PlanError when missing or not positive."""
-    n = verdict.get("num_virtual_tokens")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise PlanError([Diagnostic("plan-bad-virtual-tokens", f"num_virtual_tokens is {n!r}; "
-                                    f"{verdict.get('method')} needs a positive integer", Location("<verdict>"),
-                                    "set training.num_virtual_tokens in the facts, or --num-virtual-tokens")])
-    return n
+    return positive_int(verdict, "num_virtual_tokens", "plan-bad-virtual-tokens",
+                        "set training.num_virtual_tokens in the facts, or --num-virtual-tokens")
 
 
 @register("prompt_tuning")

@@ -151,3 +151,13 @@ def test_real_subprocess_decide_and_exit_codes(tmp_path):
 def test_bad_flags_exit_2(args):
     r = CliRunner().invoke(main, ["--model-params", "7B", "--gpu", "a100-80gb", "--examples", "5", "--no-audit", *args])
     assert r.exit_code == 2, r.output
+
+
+def test_the_readme_facts_example_decides_estimates_and_explains():
+    facts = str(ROOT / "examples" / "domain-qa-13b.yaml")
+    r = run("--facts", facts, "--no-audit", "--format", "json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["verdict"]["method"] == "lora" and "unmerged-adapter-latency" in {w["code"] for w in data["warnings"]}
+    assert run("estimate", "--facts", facts).exit_code == 0
+    assert run("explain", "--facts", facts, "--no-audit").exit_code == 0

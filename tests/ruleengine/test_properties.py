@@ -24,24 +24,6 @@ from ruleengine.paths import POLICIES_DIR
 from ruleengine.policy import PolicyError, load_policy, load_policy_files
 from ruleengine.vocabulary import METHODS, OPTIMIZERS, PRECISIONS, QUALITIES, SHARDINGS, SHIFTS
 
-
-def _load_reference():  # type: ignore[no-untyped-def]
-    """Import tests/ruleengine/reference_evaluator.py (the tests are not a package)."""
-    import importlib.util
-    import sys
-
-    name = "ruleengine_reference_evaluator"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference_evaluator.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-evaluate_reference = _load_reference().evaluate_reference
-
 POLICY_PATHS = discover_policies((str(POLICIES_DIR),))
 POLICIES = {Path(p).name: load_policy(p) for p in POLICY_PATHS}
 IDS = list(POLICIES)
@@ -95,7 +77,7 @@ def _summary(decision) -> tuple:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("name", IDS)
 @ENGINE
 @given(data=st.data())
-def test_totality_safety_and_reference_agreement(name, data):
+def test_totality_safety_and_reference_agreement(name, data, reference_evaluator):
     """Every valid fact set gets exactly one outcome (a verdict that fits, or an explicit infeasible), and
     the independent reference evaluator chooses the same rule, verdict and advice as durable-rules."""
     policy = POLICIES[name]
@@ -108,7 +90,7 @@ def test_totality_safety_and_reference_agreement(name, data):
         assert ev.candidate.estimate.total_gib <= ev.candidate.usable_gb + 1e-9
     else:
         assert decision.suggestions is not None
-    ref = evaluate_reference(policy, copy.deepcopy(given_facts))
+    ref = reference_evaluator.evaluate_reference(policy, copy.deepcopy(given_facts))
     assert ref.chosen_rule == decision.chosen_rule
     assert ref.feasible == decision.feasible
     if decision.feasible:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,20 +10,6 @@ from ruleengine.authoring.testing import load_cases, test_files
 from ruleengine.engine import decide
 from ruleengine.paths import DEFAULT_POLICY
 from ruleengine.policy import load_policy, load_policy_files
-
-
-def _load():  # type: ignore[no-untyped-def]
-    name = "ruleengine_reference_evaluator"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference_evaluator.py"))
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load()
 
 POLICY = """\
 language: finetune-policy/v1
@@ -80,7 +64,8 @@ rules:
 """
 
 
-def test_condition_semantics():
+def test_condition_semantics(reference_evaluator):
+    ref = reference_evaluator
     t = {"small": 1000.0}
     facts = {"data.examples": 10, "task.shift": "style_format", "x": 3, "y": 4}
     assert ref.holds([], facts, t) and ref.holds({"all": []}, facts, t)
@@ -98,7 +83,8 @@ def test_condition_semantics():
     {"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb"}, "data": {"examples": "2M"}, "task": {"use_case": "chat"}},
     {"model": {"params": "70B"}, "hardware": {"gpu_memory_gb": 16}, "data": {"examples": 10}, "task": {"use_case": "chat"}},
 ])
-def test_agrees_with_the_engine_on_nested_conditions(given):
+def test_agrees_with_the_engine_on_nested_conditions(given, reference_evaluator):
+    ref = reference_evaluator
     policy = load_policy_files({"policy.yaml": POLICY}, "policy.yaml", "<shapes>")
     mine = ref.evaluate_reference(policy, given)
     d = decide(policy, given)
@@ -108,7 +94,8 @@ def test_agrees_with_the_engine_on_nested_conditions(given):
         assert (mine.method, mine.rank) == (d.verdict["method"], d.verdict["rank"])
 
 
-def test_agrees_with_the_engine_on_every_default_policy_case():
+def test_agrees_with_the_engine_on_every_default_policy_case(reference_evaluator):
+    ref = reference_evaluator
     policy = load_policy(None)
     for f in test_files(DEFAULT_POLICY):
         for case in load_cases(f):

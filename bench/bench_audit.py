@@ -29,7 +29,8 @@ from ruleengine.decision import new_decision_id  # noqa: E402
 def sample_decision() -> tuple[dict, dict, str]:
     """Return (decision dict, policy snapshot, its sha256): real if the engine works, else synthetic."""
     try:
-        from ruleengine.engine import decide
+        from ruleengine.api import decide
+
         from ruleengine.policy import load_policy
 
         policy = load_policy(None)

@@ -11,40 +11,13 @@ it, the Trainer callbacks the method needs, save the artifact, reload it, merge 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import Diagnostic, Location, PlanError
+from .model_info import ModelInfo
 
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
-
-
-@dataclass
-class ModelInfo:
-    """What the plan needs to know about a model, read from the model built on the meta device."""
-
-    model_type: str
-    architecture: str
-    num_layers: int
-    hidden_size: int
-    vocab_size: int
-    max_position_embeddings: int | None
-    total_params: int
-    linear_modules: list[str]  # leaf names of every nn.Linear except the output embedding
-    attention_modules: list[str]
-    mlp_modules: list[str]
-    feedforward_modules: list[str]  # MLP projections whose *input* is the FFN intermediate (IA3's ff modules)
-    no_split_modules: list[str] = field(default_factory=list)  # decoder layer classes (FSDP wrap policy)
-    tie_word_embeddings: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the info as a JSON-safe dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        """Return a ModelInfo from :meth:`to_dict` output; raises TypeError on unknown keys."""
-        return cls(**data)
 
 
 @dataclass
@@ -120,7 +93,7 @@ def enable_activation_checkpointing(model: Any) -> None:
 
 
 class Executor:
-    """Base class of all executors. Subclasses are registered with ``executors.register(name)``."""
+    """Base class of all executors. A subclass sets ``method``; its method's registry entry names it."""
 
     method: ClassVar[str] = ""
     #: the peft config class name (``LoraConfig`` ...) or None for full fine-tuning

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from ruleengine.cli import EXIT_CODES_HELP, FACT_FLAGS, build_facts, fact_options, run_guarded
+from ruleengine.cli.common import EXIT_CODES_HELP, build_facts, fact_options, facts_given_by_flags
 from ruleengine.vocabulary import METHODS
 
 from .errors import Diagnostic, Location, PlanError
@@ -67,13 +67,6 @@ def plan_options(func: Callable) -> Callable:
     return func
 
 
-def _facts_given(kwargs: dict) -> bool:
-    if kwargs.get("facts_file") or kwargs.get("tasks") or kwargs.get("sets"):
-        return True
-    names = (option.split("/")[0].lstrip("-").replace("-", "_") for option, *_ in FACT_FLAGS)
-    return any(kwargs.get(name) is not None for name in names)
-
-
 def make_plan(kwargs: dict) -> dict:
     """Return the plan for the command-line ``kwargs``: validate data, decide, then build the plan.
 
@@ -111,7 +104,7 @@ def make_plan(kwargs: dict) -> dict:
 @plan_options
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False), default=None,
               help="write the plan to this file (default: print it)")
-def plan_command(output_path: str | None, **kwargs: Any) -> None:
+def plan_command(output_path: str | None, **kwargs: Any) -> int:
     """Decide, then write the exact training plan: method, peft and bitsandbytes configs, training
     arguments for this device, data files with sha256, trainable parameters. Needs no GPU.
 
@@ -134,7 +127,7 @@ def plan_command(output_path: str | None, **kwargs: Any) -> None:
             click.echo(json.dumps(plan, indent=2, ensure_ascii=False))
         return 0
 
-    run_guarded(kwargs["error_format"], body)
+    return body()
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -168,7 +161,7 @@ def run_summary(result: Any) -> str:
 @click.option("--overwrite", is_flag=True, help="discard an existing or interrupted run in --output")
 @click.option("--progress/--no-progress", default=True, help="progress bars on the terminal")
 def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrite: bool, progress: bool,
-                  **kwargs: Any) -> None:
+                  **kwargs: Any) -> int:
     """Train: from a plan (--plan), from facts (decides and plans first), or resume (--resume).
 
     \b
@@ -183,7 +176,7 @@ def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrit
         from .plan import load_plan
         from .runner import run_training
 
-        planning = bool(kwargs.get("model_path") or kwargs.get("data_files") or _facts_given(kwargs))
+        planning = bool(kwargs.get("model_path") or kwargs.get("data_files") or facts_given_by_flags(kwargs))
         if plan_path and planning:
             raise PlanError([Diagnostic("train-plan-and-facts", "give either --plan or --facts/--model/--data, not both",
                                         Location("--plan"))])
@@ -213,7 +206,7 @@ def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrit
             click.echo(run_summary(result))
         return 0
 
-    run_guarded(kwargs["error_format"], body)
+    return body()
 
 
 @click.command("make-tiny-model")

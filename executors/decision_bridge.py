@@ -14,19 +14,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from ruleengine.diagnostics import DiagnosticError
+from ruleengine.exitcodes import ExitCode
+
 from .data import FileScan
 from .errors import Diagnostic, Location
-
-try:  # the rule engine's error type for "decided: infeasible"
-    from ruleengine.diagnostics import DiagnosticError
-except ImportError:  # pragma: no cover - ruleengine is part of this project
-    DiagnosticError = Exception  # type: ignore[misc,assignment]
 
 
 class InfeasibleDecision(DiagnosticError):
     """The policy found no method that fits and no ``--method`` override was given (exit 1)."""
 
-    exit_code = 1
+    exit_code = ExitCode.INFEASIBLE
 
 
 @dataclass
@@ -70,43 +68,43 @@ def run_decision(given: Any, *, policy_path: str | None, model_path: str | None,
                  method: str | None, origin: str, no_audit: bool = False, audit_db: str | None = None) -> DecisionOutcome:
     """Decide for ``given`` facts and return the verdict to plan, with the decision summary.
 
+    The decision carries its chosen candidate and derived facts, so nothing is derived again here.
     Raises PolicyError (exit 3), FactsError (exit 2), InfeasibleDecision (exit 1, when nothing fits
-    and no ``method`` override is given), and click's Exit(7) when the audit store cannot be written.
+    and no ``method`` override is given), and AuditWriteError (exit 7) when the audit store cannot be
+    written.
     """
-    from ruleengine.cli import load_policy_or_default, record_audit
-    from ruleengine.derive import derive
-    from ruleengine.engine import decide
+    from ruleengine import api
 
-    policy = load_policy_or_default(policy_path)
+    engine = api.open_policy(policy_path)
     facts, filled = fill_facts(given, model_path, scans)
-    decision = decide(policy, facts, origin=origin)
-    record_id = record_audit(decision, policy, no_audit, audit_db)
+    decision = engine.decide(facts, origin=origin)
+    record_id = None if no_audit else api.record(decision, engine, audit_db=audit_db)
     policy_method = decision.verdict["method"] if decision.verdict else None
     if not decision.feasible and method is None:
         hints = "; ".join(s.get("text", str(s)) for s in decision.suggestions[:3]) if decision.suggestions else ""
         raise InfeasibleDecision([Diagnostic(
             "plan-infeasible", "the policy found no method that fits these facts; nothing to plan",
             Location("--facts"), (hints + "; " if hints else "") + "or force one with --method")])
-    derived = derive(policy, decision.facts_normalized, origin)
     override = None
     if method is not None and method != policy_method:
-        candidate = derived.defaults[method]
+        assert decision.derivation is not None  # every Decision from the pipeline carries it
+        candidate = decision.derivation.defaults[method]
         verdict = candidate.verdict()
         override = {"method": method, "policy_method": policy_method}
     else:
-        assert decision.chosen_rule is not None and decision.verdict is not None  # infeasible raised above
-        candidate = derived.candidates[decision.chosen_rule]
+        assert decision.candidate is not None and decision.verdict is not None  # infeasible raised above
+        candidate = decision.candidate
         verdict = dict(decision.verdict)
-    trainable = getattr(candidate.estimate, "trainable_params", None)
+    policy = engine.policy
     summary = {
         "decision_id": decision.decision_id,
         "feasible": decision.feasible,
         "chosen_rule": decision.chosen_rule,
-        "policy": {"name": policy.name, "version": policy.version, "sha256": policy.sha256},
+        "policy": {"name": policy.name, "version": policy.version, "sha256": engine.sha256},
         "policy_verdict": decision.verdict,
         "memory_estimate_gib": round(float(candidate.estimate.total_gib), 6),
         "fits": bool(candidate.fits),
-        "trainable_params_estimate": int(trainable) if trainable is not None else None,
+        "trainable_params_estimate": int(candidate.estimate.trainable_params),
         "facts_filled": filled,
         "audit_record": record_id,
         "warnings": [w["code"] for w in decision.warnings],

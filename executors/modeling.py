@@ -12,8 +12,8 @@ import os
 import warnings
 from typing import Any
 
-from .base import ModelInfo
 from .errors import Diagnostic, Location, PlanError
+from .model_info import ModelInfo
 
 _ATTENTION_PARENTS = ("attn", "attention")
 _MLP_PARENTS = ("mlp", "feed_forward", "ffn", "ff")

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import methods
 from .architecture import Architecture
-from .memory import METHODS, MethodConfig, TrainingSetup, merged_section
-from .trainable import trainable_params
+from .memory import TrainingSetup, merged_section
+from .methods import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,18 @@ class Cost:
     mfu: float
     slowdown: float
 
+    def scaled(self, factor: float) -> Cost:
+        """Return the cost of ``factor`` times the tokens (compute, hours and dollars are linear in them)."""
+        return Cost(flops=self.flops * factor, tokens=self.tokens * factor, gpu_hours=self.gpu_hours * factor,
+                    wall_hours=self.wall_hours * factor, dollars=self.dollars * factor, mfu=self.mfu,
+                    slowdown=self.slowdown)
+
+    def scaled_dict(self, factor: float) -> dict[str, Any]:
+        """Return ``scaled(factor).to_dict()`` without building the intermediate Cost."""
+        return {"flops": float(self.flops * factor), "tokens": float(self.tokens * factor),
+                "gpu_hours": round(self.gpu_hours * factor, 4), "wall_hours": round(self.wall_hours * factor, 4),
+                "dollars": round(self.dollars * factor, 4), "mfu": float(self.mfu), "slowdown": float(self.slowdown)}
+
     def to_dict(self) -> dict[str, Any]:
         """Return the cost as a JSON-safe dict (hours and dollars rounded to 4 decimals)."""
         return {"flops": float(self.flops), "tokens": float(self.tokens), "gpu_hours": round(self.gpu_hours, 4),
@@ -61,16 +74,17 @@ class Cost:
 
 
 def estimate_cost(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, *, tokens_total: float,
-                  epochs: float, gpu_tflops: float, price_per_hour: float, constants: CostConstants) -> Cost:
+                  epochs: float, gpu_tflops: float, price_per_hour: float, constants: CostConstants,
+                  trainable: int | None = None) -> Cost:
     """Return the FLOPs, GPU-hours, wall-clock hours and dollars of training ``cfg`` on ``tokens_total`` x ``epochs``.
 
     ``gpu_tflops`` is one GPU's dense peak in the training dtype, ``price_per_hour`` one GPU's price.
     Prompt and prefix tuning process ``num_virtual_tokens`` extra tokens per ``seq_len`` tokens
     (prefix tuning cannot use gradient checkpointing in peft, so it never pays the recompute).
+    ``trainable`` is the method's trainable-parameter count when already known (else counted here).
     Raises ValueError for an unknown method, negative tokens/epochs/price or non-positive TFLOP/s.
     """
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method `{cfg.method}`; use one of {', '.join(METHODS)}")
+    spec = methods.get(cfg.method)
     if tokens_total < 0 or epochs < 0 or price_per_hour < 0:
         raise ValueError("tokens_total, epochs and price_per_hour must be >= 0")
     if gpu_tflops <= 0:
@@ -80,20 +94,20 @@ def estimate_cost(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, *
     fpt = c["flops_per_token"]
     n = float(arch.params)
     tokens = float(tokens_total) * float(epochs)
-    if cfg.method in ("prompt_tuning", "prefix_tuning") and cfg.num_virtual_tokens:
-        tokens *= (setup.seq_len + cfg.num_virtual_tokens) / setup.seq_len
-    recompute = setup.gradient_checkpointing and cfg.method != "prefix_tuning"
-    if cfg.method == "full_ft":
+    extra = spec.cost.extra_tokens(cfg) if spec.cost.extra_tokens is not None else 0
+    if extra:
+        tokens *= (setup.seq_len + extra) / setup.seq_len
+    recompute = setup.gradient_checkpointing and spec.cost.recompute
+    if spec.cost.trains_base:
         flops = (fpt["full"] + fpt["recompute"] * recompute) * n * tokens
     else:
-        trainable = trainable_params(arch, cfg.method, rank=cfg.rank, target_modules=cfg.target_modules,
-                                     num_virtual_tokens=cfg.num_virtual_tokens, adapter_size=cfg.adapter_size,
-                                     use_dora=cfg.use_dora)
+        if trainable is None:
+            trainable = spec.trainable(arch, cfg)
         flops = (fpt["frozen"] + fpt["recompute"] * recompute) * n * tokens + fpt["adapter"] * trainable * tokens
     slowdown = 1.0
-    if cfg.method == "qlora":
-        slowdown *= float(c["slowdown"]["qlora"])
-    if cfg.method == "dora" or cfg.use_dora:
+    for key in spec.cost.slowdowns:
+        slowdown *= float(c["slowdown"][key])
+    if cfg.use_dora and not spec.dora:
         slowdown *= float(c["slowdown"]["dora"])
     efficiency = float(c["multi_gpu_efficiency"][setup.sharding]) if setup.gpu_count > 1 else 1.0
     mfu = float(c["mfu"])

@@ -3,18 +3,44 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .trace import TraceEvent, trace_to_dicts
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .derive import Candidate, Derived
 
 SCHEMA_VERSION = "1"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+class _Entropy:
+    """Random bytes from the OS in blocks (one system call per 409 ids, not one per id)."""
+
+    def __init__(self, block: int = 4096) -> None:
+        self.block, self.buffer, self.lock = block, b"", threading.Lock()
+
+    def take(self, n: int) -> bytes:
+        with self.lock:
+            if len(self.buffer) < n:
+                self.buffer = os.urandom(self.block)
+            out, self.buffer = self.buffer[:n], self.buffer[n:]
+            return out
+
+
+_ENTROPY = _Entropy()
+
+
 def new_decision_id(now_ms: int | None = None) -> str:
-    """Return a new ULID: 48-bit millisecond timestamp + 80 random bits, Crockford base32, sortable by time."""
+    """Return a new ULID: 48-bit millisecond timestamp + 80 random bits (from the OS), Crockford base32.
+
+    Sortable by time; the random part is read from ``os.urandom`` in blocks.
+    """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | int.from_bytes(_ENTROPY.take(10), "big")
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
@@ -24,7 +50,12 @@ def new_decision_id(now_ms: int | None = None) -> str:
 
 @dataclass
 class Decision:
-    """One decision. ``verdict`` is None when nothing fits (``feasible`` is then False)."""
+    """One decision. ``verdict`` is None when nothing fits (``feasible`` is then False).
+
+    ``candidate`` is the chosen verdict with its memory estimate and training settings, and
+    ``derivation`` the derived facts it was decided on, so executors and services never derive again;
+    ``trace`` holds the typed events (``to_dict`` writes their JSON form).
+    """
 
     decision_id: str
     created_at: str
@@ -44,10 +75,12 @@ class Decision:
     notes: list[dict]
     estimates: dict[str, dict]
     suggestions: list[dict]
-    trace: list[dict]
+    trace: tuple[TraceEvent, ...]
     metrics: dict
     architecture: dict = field(default_factory=dict)
     counterfactuals: list[dict] | None = None
+    candidate: Candidate | None = field(default=None, repr=False, compare=False)
+    derivation: Derived | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the decision as a JSON-safe dict (see schemas/decision.schema.json)."""
@@ -71,7 +104,7 @@ class Decision:
             "notes": self.notes,
             "estimates": self.estimates,
             "suggestions": self.suggestions,
-            "trace": self.trace,
+            "trace": trace_to_dicts(self.trace),
             "metrics": self.metrics,
             **({"counterfactuals": self.counterfactuals} if self.counterfactuals is not None else {}),
         }

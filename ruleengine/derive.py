@@ -2,24 +2,37 @@
 
 This is where facts meet the memory model. Everything a rule condition can reference ends up in
 ``Derived.flat`` (dotted path -> value); every select rule gets its resolved ``Candidate``.
+
+Candidates depend only on the facts that change memory (the model, the GPU, the user's training
+settings, the data's sequence length, multi-task or not, the use case), so ``DeriveCache`` keeps
+them per such *memory point*: decisions that differ only in data size, task or serving facts reuse
+them. The cache holds pure results; it never changes an answer.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from . import methods
 from .architecture import Architecture, ArchitectureError, from_hf_config, infer_from_params
 from .diagnostics import Diagnostic, Location
-from .facts import FactsError, flatten
-from .memory import Estimate, MemoryConstants, MethodConfig, TrainingSetup, estimate, usable_gib
-from .vocabulary import GIVEN, METHODS, RANKED_METHODS
+from .facts import FactsError
+from .memory import Estimate, MemoryConstants, MemoryProfile, TrainingSetup, profile, usable_gib
+from .methods import MethodConfig
+from .vocabulary import GIVEN
 
 TRAINING_KEYS = ("precision", "optimizer", "micro_batch_size", "seq_len", "gradient_checkpointing", "sharding",
                  "learning_rate", "lr_scheduler", "warmup_ratio", "epochs", "effective_batch_size",
                  "max_micro_batch_size", "auto_headroom_gb", "layerwise_lr_decay")
+AUTO_BATCHES = (64, 32, 16, 8, 4, 2, 1)
+_FLAT_TRAINING = ("precision", "optimizer", "micro_batch_size", "seq_len", "gradient_checkpointing")
+_GIVEN_GROUPS = ("model", "hardware", "data", "task", "serving")
 
 
 @dataclass(frozen=True)
@@ -52,29 +65,53 @@ class Candidate:
     estimate: Estimate
     usable_gb: float
     notes: list[str] = field(default_factory=list)
+    #: results computed from this candidate alone (per-token cost, table entry), kept with it
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def fits(self) -> bool:
-        """Return True when the per-GPU estimate is within usable memory."""
-        return self.estimate.total_gib <= self.usable_gb
+    #: the per-GPU estimate is within usable memory (set from estimate and usable_gb)
+    fits: bool = field(init=False)
+    #: usable memory minus the estimate, GiB (negative when it does not fit)
+    headroom_gb: float = field(init=False)
+    _label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def headroom_gb(self) -> float:
-        """Return usable memory minus the estimate, GiB (negative when it does not fit)."""
-        return self.usable_gb - self.estimate.total_gib
+    def __post_init__(self) -> None:
+        self.fits = self.estimate.total_gib <= self.usable_gb
+        self.headroom_gb = self.usable_gb - self.estimate.total_gib
+        self._label = f"{self.method} r={self.rank}" if self.rank else self.method
 
     def label(self) -> str:
         """Return a short label such as ``lora r=16`` or ``full_ft``."""
-        return f"{self.method} r={self.rank}" if self.rank else self.method
+        return self._label
+
+    def signature(self) -> tuple[str, int | None]:
+        """Return what identifies the verdict for comparisons: (method, rank)."""
+        return self.method, self.rank
+
+    def method_config(self) -> MethodConfig:
+        """Return the method configuration the estimate was made for (AdaLoRA: its initial rank)."""
+        return MethodConfig(method=self.method, rank=self.init_rank or self.rank,
+                            target_modules=self.target_modules or "all-linear",
+                            num_virtual_tokens=self.num_virtual_tokens, adapter_size=self.adapter_size,
+                            dropout=self.dropout,
+                            double_quant=bool(self.quantization.get("double_quant")) if self.quantization else None)
+
+    def training_setup(self, gpu_count: int) -> TrainingSetup:
+        """Return the training setup the estimate was made for, on ``gpu_count`` GPUs."""
+        t = self.training
+        return TrainingSetup(precision=t["precision"], optimizer=t["optimizer"],
+                             micro_batch_size=int(t["micro_batch_size"]), seq_len=int(t["seq_len"]),
+                             gradient_checkpointing=bool(t["gradient_checkpointing"]), sharding=t["sharding"],
+                             gpu_count=gpu_count)
 
     def verdict(self) -> dict:
         """Return the verdict dict of DESIGN.md (the executors' input)."""
         return {
             "method": self.method, "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
             "target_modules": list(self.target_modules) if isinstance(self.target_modules, tuple) else self.target_modules,
-            "use_dora": self.method == "dora", "num_virtual_tokens": self.num_virtual_tokens,
-            "adapter_size": self.adapter_size, "init_rank": self.init_rank, "quantization": self.quantization,
-            "training": dict(self.training), "multitask": self.multitask,
+            "use_dora": methods.get(self.method).dora, "num_virtual_tokens": self.num_virtual_tokens,
+            "adapter_size": self.adapter_size, "init_rank": self.init_rank,
+            "quantization": dict(self.quantization) if self.quantization else None,
+            "training": dict(self.training), "multitask": dict(self.multitask) if self.multitask else None,
         }
 
 
@@ -92,6 +129,64 @@ class Derived:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class MemoryPoint:
+    """What every decision at one memory point shares: default candidates, candidates by spec, memory facts."""
+
+    defaults: dict[str, Candidate]
+    by_spec: dict[tuple, Candidate]
+    flat: dict[str, Any]
+
+
+class DeriveCache:
+    """Bounded caches of pure derivation results for one policy.
+
+    ``profiles``: memory profiles by (architecture, method configuration, setup), shared by every GPU;
+    ``specs``: resolved verdict specs by what they depend on; ``points``: memory points by (architecture,
+    GPU, the user's training settings, data sequence length, multi-task). Least recently used entries
+    go first beyond the limits.
+    """
+
+    def __init__(self, policy: Any, max_points: int = 4096, max_profiles: int = 16384) -> None:
+        self.constants = MemoryConstants.from_policy(policy.memory)
+        self.max_points, self.max_profiles = max_points, max_profiles
+        self.points: OrderedDict[tuple, MemoryPoint] = OrderedDict()
+        self.profiles: OrderedDict[tuple, MemoryProfile] = OrderedDict()
+        self.specs: dict[tuple, VerdictSpec] = {}
+        self.then_keys = {r.id: _then_key(r.then) for r in policy.select_rules}
+        self.hits = self.misses = 0
+
+    def point(self, key: tuple) -> MemoryPoint | None:
+        """Return the cached memory point, or None."""
+        found = self.points.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.points.move_to_end(key)
+        return found
+
+    def store(self, key: tuple, value: MemoryPoint) -> None:
+        """Remember a memory point, evicting the least recently used beyond ``max_points``."""
+        self.points[key] = value
+        if len(self.points) > self.max_points:
+            self.points.popitem(last=False)
+
+    def profile(self, key: tuple, make: Any) -> MemoryProfile:
+        """Return the profile cached under ``key``, made by ``make()`` the first time."""
+        found = self.profiles.get(key)
+        if found is None:
+            found = make()
+            self.profiles[key] = found
+            if len(self.profiles) > self.max_profiles:
+                self.profiles.popitem(last=False)
+        return found
+
+
+def _then_key(then: dict) -> str:
+    return json.dumps(then, sort_keys=True, default=str)
+
+
 def gpu_spec(policy: Any, hardware: dict) -> GpuSpec:
     """Return the GPU spec from the catalog entry and/or ``hardware.gpu_memory_gb`` (which wins)."""
     entry = policy.gpus.get(hardware.get("gpu") or "", {})
@@ -105,8 +200,6 @@ def read_model_config(model: dict, origin: str = "") -> dict:
 
     Raises FactsError naming the path when it cannot be read or is not a JSON object.
     """
-    import json
-
     config = model["config"]
     path = config if os.path.isabs(config) or not origin else os.path.join(origin, config)
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
@@ -127,6 +220,16 @@ def read_model_config(model: dict, origin: str = "") -> dict:
     return data
 
 
+@lru_cache(maxsize=256)
+def _arch_from_config(canonical: str, origin: str) -> Architecture:
+    return from_hf_config(json.loads(canonical), origin)
+
+
+@lru_cache(maxsize=1024)
+def _arch_from_params(params: float) -> Architecture:
+    return infer_from_params(params)
+
+
 def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, list[str]]:
     """Return the architecture for the model facts and notes on how it was obtained.
 
@@ -134,11 +237,17 @@ def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, l
     ``model.config``; without either, infers it from ``model.params``. Raises FactsError when the
     config describes an unsupported or incomplete model.
     """
+    arch, notes, _key = _architecture(model, origin)
+    return arch, notes
+
+
+def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tuple]:
     notes: list[str] = []
     if model.get("config") or model.get("config_content"):
         content = model.get("config_content") or read_model_config(model, origin)
+        canonical = json.dumps(content, sort_keys=True)
         try:
-            arch = from_hf_config(content, str(model.get("config", "<config>")))
+            arch = _arch_from_config(canonical, str(model.get("config", "<config>")))
         except ArchitectureError as exc:
             raise FactsError([Diagnostic("facts-bad-model-config", str(exc), Location(str(model.get("config", ""))),
                                          "give a Hugging Face config.json of a supported architecture",
@@ -148,9 +257,10 @@ def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, l
         if given and abs(given - arch.params) / arch.params > 0.05:
             notes.append(f"model.params ({given:.4g}) differs from the count computed from model.config "
                          f"({arch.params:.4g}); the config's count is used")
-        return arch, notes
+        return arch, notes, ("config", canonical)
+    params = float(model["params"])
     try:
-        return infer_from_params(float(model["params"])), notes
+        return _arch_from_params(params), notes, ("params", params)
     except ArchitectureError as exc:
         raise FactsError([Diagnostic("facts-cannot-infer-architecture", str(exc), Location("<facts>"),
                                      "give model.config (a config.json) for a model this small",
@@ -161,12 +271,39 @@ def _method_defaults(policy: Any, method: str) -> dict:
     return (policy.defaults.get("methods") or {}).get(method) or {}
 
 
-def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, gpu: GpuSpec,
-                      constants: MemoryConstants, usable: float) -> Candidate:
-    """Return the verdict a rule's ``then`` yields for these facts, with its memory estimate.
+@dataclass(frozen=True)
+class VerdictSpec:
+    """A rule's verdict resolved for the facts, before memory: method, hyperparameters, training settings.
+
+    ``shardings`` and ``batches`` are what the memory model may choose from (``auto`` settings);
+    ``headroom_gb`` is the memory an auto micro-batch keeps free when some batch size can.
+    """
+
+    method: str
+    rank: int | None
+    alpha: float | None
+    dropout: float | None
+    target_modules: Any
+    num_virtual_tokens: int | None
+    adapter_size: int | None
+    init_rank: int | None
+    quantization: tuple | None
+    training: tuple
+    multitask: tuple | None
+    cfg: MethodConfig
+    shardings: tuple[str, ...]
+    batches: tuple[int, ...]
+    headroom_gb: float
+    effective_batch: int
+    notes: tuple[str, ...]
+
+
+def resolve_spec(policy: Any, then: dict, facts: dict, gpu: GpuSpec) -> VerdictSpec:
+    """Return the verdict a rule's ``then`` yields for these facts and GPUs, before memory is considered.
 
     Precedence: facts.training (the user's own settings) > the rule's ``then`` > the use-case row >
-    the policy's method defaults > the policy's training defaults.
+    the policy's method defaults > the method's registry defaults > the policy's training defaults.
+    Raises ValueError for an unknown method.
     """
     spec: dict[str, Any] = {}
     if then.get("use_case"):
@@ -174,30 +311,32 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
         spec.update({k: row[k] for k in ("method", "rank", "alpha", "target_modules", "num_virtual_tokens") if k in row})
     spec.update({k: v for k, v in then.items() if k not in ("use_case", "training")})
     method = spec["method"]
+    entry = methods.get(method)
+    base = entry.defaults
     md = _method_defaults(policy, method)
     user = facts.get("training") or {}
     notes: list[str] = []
     rank = alpha = dropout = init_rank = None
     target: Any = None
-    if method in RANKED_METHODS:
-        rank = int(user.get("lora_rank") or spec.get("rank") or md.get("rank") or 16)
+    if entry.uses("rank"):
+        rank = int(user.get("lora_rank") or spec.get("rank") or md.get("rank") or base["rank"])
         if user.get("lora_rank") and spec.get("rank") and user["lora_rank"] != spec["rank"]:
             notes.append(f"rank {user['lora_rank']} from the facts (the policy suggested {spec['rank']})")
-        alpha = float(spec.get("alpha") or rank * md.get("alpha_per_rank", 2))
-        dropout = md.get("dropout", 0.05)
-        if method == "adalora":
-            init_rank = int(md.get("init_rank", max(rank, 12)))
-    if method in RANKED_METHODS or method == "ia3":
+        alpha = float(spec.get("alpha") or rank * md.get("alpha_per_rank", base["alpha_per_rank"]))
+        dropout = md.get("dropout", base["dropout"])
+    if entry.uses("init_rank"):
+        init_rank = int(md.get("init_rank", max(rank or 0, base["init_rank_floor"])))
+    if entry.uses("target_modules"):
         target = user.get("target_modules") or spec.get("target_modules") or md.get("target_modules", "all-linear")
         if isinstance(target, list):
             target = tuple(target)
     num_virtual_tokens = None
-    if method in ("prompt_tuning", "prefix_tuning"):
+    if entry.uses("num_virtual_tokens"):
         num_virtual_tokens = int(user.get("num_virtual_tokens") or spec.get("num_virtual_tokens")
-                                 or md.get("num_virtual_tokens", 20))
-    adapter_size = int(spec.get("adapter_size") or md.get("adapter_size", 64)) if method == "adapter" else None
-    quantization = dict(md["quantization"]) if method == "qlora" and md.get("quantization") else (
-        {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"} if method == "qlora" else None)
+                                 or md.get("num_virtual_tokens", base["num_virtual_tokens"]))
+    adapter_size = (int(spec.get("adapter_size") or md.get("adapter_size", base["adapter_size"]))
+                    if entry.uses("adapter_size") else None)
+    quantization = dict(md.get("quantization") or base["quantization"]) if entry.uses("quantization") else None
 
     training: dict[str, Any] = dict(policy.defaults.get("training") or {})
     training.update(md.get("training") or {})
@@ -222,84 +361,91 @@ def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, 
     eff = int(training.pop("effective_batch_size", 0) or 0)
     max_auto = int(training.pop("max_micro_batch_size", 8) or 8)
     auto_headroom = float(training.pop("auto_headroom_gb", 0.0) or 0.0)
-
     cfg = MethodConfig(method=method, rank=init_rank or rank, target_modules=target or "all-linear",
                        num_virtual_tokens=num_virtual_tokens, adapter_size=adapter_size, dropout=dropout,
                        double_quant=bool(quantization.get("double_quant")) if quantization else None)
-
-    def _estimate(sharding: str, micro_batch: int) -> Estimate:
-        setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
-                              micro_batch_size=micro_batch, seq_len=int(training["seq_len"]),
-                              gradient_checkpointing=bool(training["gradient_checkpointing"]), sharding=sharding,
-                              gpu_count=gpu.count)
-        return estimate(arch, cfg, setup, constants)
-
-    # "auto" settings are chosen here, by the memory model: no sharding before sharding (less
-    # communication), then the largest micro-batch that fits (fewer accumulation steps).
-    shardings = ["none", "zero3"] if training["sharding"] == "auto" and gpu.count > 1 else (
-        ["none"] if training["sharding"] == "auto" else [training["sharding"]])
+    shardings = (("none", "zero3") if gpu.count > 1 else ("none",)) if training["sharding"] == "auto" \
+        else (training["sharding"],)
     if training["micro_batch_size"] == "auto":
-        batches = [b for b in (64, 32, 16, 8, 4, 2, 1) if b <= max_auto]
+        batches = tuple(b for b in AUTO_BATCHES if b <= max_auto)
     else:
-        batches = [int(training["micro_batch_size"])]
-    chosen: tuple[str, int, Estimate] | None = None
-    # an auto micro-batch keeps `auto_headroom_gb` free when some batch size can; a fixed one only has to fit
-    limits = [usable - auto_headroom, usable] if len(batches) > 1 and auto_headroom > 0 else [usable]
+        batches = (int(training["micro_batch_size"]),)
+    multitask = None
+    if facts["data"].get("num_tasks", 1) > 1:
+        mt = policy.defaults.get("multitask") or {}
+        multitask = (("temperature", float(policy.thresholds.get("multitask_temperature", 0.7))), ("cap", mt.get("cap")))
+    return VerdictSpec(method, rank, alpha, dropout, target, num_virtual_tokens, adapter_size, init_rank,
+                       tuple(quantization.items()) if quantization else None, tuple(training.items()), multitask,
+                       cfg, shardings, batches, auto_headroom if len(batches) > 1 else 0.0, eff, tuple(notes))
+
+
+def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constants: MemoryConstants, usable: float,
+                   profile_of: Any = None) -> Candidate:
+    """Return the candidate of ``spec`` on these GPUs: sharding and micro-batch chosen by the memory model.
+
+    ``auto`` settings: no sharding before ZeRO-3, then the largest micro-batch that fits, keeping
+    ``headroom_gb`` free when some batch size can (solved from the memory profile, not searched).
+    With nothing fitting, the smallest configuration tried is reported. ``profile_of(sharding)``
+    may supply cached profiles. Raises ValueError for bad hyperparameters or target modules.
+    """
+    training = dict(spec.training)
+
+    def make(sharding: str) -> MemoryProfile:
+        setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
+                              micro_batch_size=1, seq_len=int(training["seq_len"]),
+                              gradient_checkpointing=bool(training["gradient_checkpointing"]),
+                              sharding=sharding, gpu_count=gpu.count)
+        return profile(arch, spec.cfg, setup, constants)
+
+    get = profile_of or make
+    limits = (usable - spec.headroom_gb, usable) if spec.headroom_gb > 0 else (usable,)
+    chosen: tuple[str, int] | None = None
     for limit in limits:
-        for sharding in shardings:
-            for micro_batch in batches:
-                est = _estimate(sharding, micro_batch)
-                if est.total_gib <= limit:
-                    chosen = (sharding, micro_batch, est)
-                    break
-            if chosen:
+        for sharding in spec.shardings:
+            batch = get(sharding).largest_batch(limit, spec.batches)
+            if batch is not None:
+                chosen = (sharding, batch)
                 break
         if chosen:
             break
     if chosen is None:  # nothing fits: report the smallest configuration tried
-        smallest = [(sh, batches[-1], _estimate(sh, batches[-1])) for sh in shardings]
-        chosen = min(smallest, key=lambda item: item[2].total_gib)
-    sharding, micro_batch, est = chosen
+        chosen = min(((sh, spec.batches[-1]) for sh in spec.shardings), key=lambda sb: get(sb[0]).total_gib(sb[1]))
+    sharding, micro_batch = chosen
+    est = get(sharding).at(micro_batch)
     training["sharding"] = sharding
     training["micro_batch_size"] = micro_batch
     per_step = micro_batch * gpu.count
-    training["gradient_accumulation_steps"] = max(1, math.ceil(eff / per_step)) if eff else 1
-    multitask = None
-    if facts["data"].get("num_tasks", 1) > 1:
-        mt = policy.defaults.get("multitask") or {}
-        multitask = {"temperature": float(policy.thresholds.get("multitask_temperature", 0.7)), "cap": mt.get("cap")}
-    return Candidate(method, rank, alpha, dropout, target, num_virtual_tokens, adapter_size, init_rank, quantization,
-                     training, multitask, est, usable, notes)
+    training["gradient_accumulation_steps"] = max(1, math.ceil(spec.effective_batch / per_step)) \
+        if spec.effective_batch else 1
+    return Candidate(spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules, spec.num_virtual_tokens,
+                     spec.adapter_size, spec.init_rank, dict(spec.quantization) if spec.quantization else None,
+                     training, dict(spec.multitask) if spec.multitask else None, est, usable, list(spec.notes))
 
 
-def derive(policy: Any, facts: dict, origin: str = "") -> Derived:
-    """Return the derived facts for normalized ``facts`` under ``policy``.
+def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, gpu: GpuSpec,
+                      constants: MemoryConstants, usable: float) -> Candidate:
+    """Return the verdict a rule's ``then`` yields for these facts, with its memory estimate.
 
-    Raises FactsError when the model config cannot be used.
+    ``resolve_spec`` then ``candidate_from``, uncached. Raises ValueError for an unknown method or bad
+    hyperparameters.
     """
-    arch, notes = resolve_architecture(facts["model"], origin)
-    constants = MemoryConstants.from_policy(policy.memory)
-    gpu = gpu_spec(policy, facts["hardware"])
-    usable = usable_gib(gpu.memory_gb, constants)
-    cache: dict[str, Candidate] = {}
+    return candidate_from(resolve_spec(policy, then, facts, gpu), arch, gpu, constants, usable)
 
-    def candidate(then: dict) -> Candidate:
-        key = repr(sorted(then.items(), key=lambda kv: kv[0]))
-        if key not in cache:
-            cache[key] = resolve_candidate(policy, then, facts, arch, gpu, constants, usable)
-        return cache[key]
 
-    defaults = {m: candidate({"method": m}) for m in METHODS}
-    candidates = {r.id: candidate(r.then) for r in policy.select_rules}
-    row = policy.use_cases.get(facts["task"]["use_case"], {})
-    serving = facts["serving"]
-    overhead = policy.thresholds.get("unmerged_latency_overhead", 0.05)
-    flat_given = flatten({k: v for k, v in facts.items() if k != "training"})
-    flat: dict[str, Any] = {k: v for k, v in flat_given.items() if k in GIVEN}
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return value
+
+
+def _memory_flat(defaults: dict[str, Candidate], facts: dict, arch: Architecture, gpu: GpuSpec,
+                 usable: float) -> dict[str, Any]:
+    user = facts.get("training") or {}
     train_defaults = defaults["lora"].training
-    for key in ("precision", "optimizer", "micro_batch_size", "seq_len", "gradient_checkpointing"):
-        flat[f"training.{key}"] = (facts.get("training") or {}).get(key, train_defaults.get(key))
-    flat["training.sharding"] = (facts.get("training") or {}).get("sharding", "auto")
+    flat: dict[str, Any] = {f"training.{key}": user.get(key, train_defaults.get(key)) for key in _FLAT_TRAINING}
+    flat["training.sharding"] = user.get("sharding", "auto")
     flat.update({
         "model.params": float(arch.params),
         "hardware.gpu": gpu.name or "",
@@ -315,15 +461,109 @@ def derive(policy: Any, facts: dict, origin: str = "") -> Derived:
         "hardware.usable_gb": usable,
         "hardware.bf16": gpu.bf16,
         "hardware.price_per_hour": float(gpu.price_per_hour or 0.0),
-        "data.num_tasks": int(facts["data"].get("num_tasks", 1)),
-        "data.tokens_total": float(facts["data"]["examples"]) * float(facts["data"]["avg_tokens"]),
-        "use_case.method": row.get("method", "lora"),
-        "use_case.rank": int(row.get("rank") or 0),
-        "serving.unmerged_gpu_hours_per_day": float(serving["requests_per_day"]) * float(serving["avg_latency_ms"])
-        / 1000.0 * overhead / 3600.0,
         "fits.any": any(c.fits for c in defaults.values()),
     })
     for m, c in defaults.items():
         flat[f"fits.{m}"] = c.fits
         flat[f"mem.{m}_gb"] = round(c.estimate.total_gib, 6)
-    return Derived(arch, gpu, constants, usable, defaults, candidates, flat, notes)
+    return flat
+
+
+def fact_flat(policy: Any, facts: dict) -> dict[str, Any]:
+    """Return the flat facts that follow from the given facts alone (no memory model).
+
+    The given facts by dotted path, and the derived facts computed from them: ``data.num_tasks``,
+    ``data.tokens_total``, ``use_case.method``/``use_case.rank`` and
+    ``serving.unmerged_gpu_hours_per_day``. Memory-dependent facts (``model.*`` shape, ``fits.*``,
+    ``mem.*``, ``hardware.usable_gb`` ...) are added by :func:`derive`.
+    """
+    flat: dict[str, Any] = {}
+    for group in _GIVEN_GROUPS:
+        for key, value in facts[group].items():
+            name = f"{group}.{key}"
+            if name in GIVEN:
+                flat[name] = value
+    dat = facts["data"]
+    serving = facts["serving"]
+    row = policy.use_cases.get(facts["task"].get("use_case"), {})
+    overhead = policy.thresholds.get("unmerged_latency_overhead", 0.05)
+    flat["data.num_tasks"] = int(dat.get("num_tasks", 1))
+    flat["data.tokens_total"] = float(dat["examples"]) * float(dat["avg_tokens"])
+    flat["use_case.method"] = row.get("method", "lora")
+    flat["use_case.rank"] = int(row.get("rank") or 0)
+    flat["serving.unmerged_gpu_hours_per_day"] = (float(serving["requests_per_day"]) * float(serving["avg_latency_ms"])
+                                                  / 1000.0 * overhead / 3600.0)
+    return flat
+
+
+def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None = None) -> Derived:
+    """Return the derived facts for normalized ``facts`` under ``policy``.
+
+    ``cache`` (one per policy) reuses memory points, resolved specs and memory profiles already
+    computed; results are the same with or without it. Raises FactsError when the model config
+    cannot be used, ValueError for bad hyperparameters.
+    """
+    arch, notes, arch_key = _architecture(facts["model"], origin)
+    constants = cache.constants if cache is not None else MemoryConstants.from_policy(policy.memory)
+    gpu = gpu_spec(policy, facts["hardware"])
+    usable = usable_gib(gpu.memory_gb, constants)
+    dat = facts["data"]
+    user_key = _frozen(facts.get("training") or {})
+    multi = dat.get("num_tasks", 1) > 1
+    point_key = (arch_key, gpu, user_key, dat.get("seq_len"), multi)
+    point = cache.point(point_key) if cache is not None else None
+    made = point is None
+    if point is None:
+        point = MemoryPoint({}, {}, {})
+
+    def candidate(then: dict, then_key: str) -> Candidate:
+        use_case = facts["task"]["use_case"] if then.get("use_case") else None
+        key = (then_key, _row_key(policy, use_case))
+        found = point.by_spec.get(key)
+        if found is None:
+            found = _candidate(policy, then, facts, arch, arch_key, gpu, constants, usable, cache,
+                               (key, gpu.name if not gpu.bf16 else None, gpu.bf16, gpu.count, user_key,
+                                dat.get("seq_len"), multi))
+            point.by_spec[key] = found
+        return found
+
+    if made:
+        point.defaults.update({m: candidate({"method": m}, f'{{"method": "{m}"}}') for m in methods.method_names()})
+        point.flat.update(_memory_flat(point.defaults, facts, arch, gpu, usable))
+        if cache is not None:
+            cache.store(point_key, point)
+    keys = cache.then_keys if cache is not None else {}
+    candidates = {r.id: candidate(r.then, keys.get(r.id) or _then_key(r.then)) for r in policy.select_rules}
+    flat = fact_flat(policy, facts)
+    flat.update(point.flat)
+    return Derived(arch, gpu, constants, usable, point.defaults, candidates, flat, notes)
+
+
+def _row_key(policy: Any, use_case: str | None) -> tuple | None:
+    if use_case is None:
+        return None
+    row = policy.use_cases[use_case]
+    return tuple((k, _frozen(row[k])) for k in ("method", "rank", "alpha", "target_modules", "num_virtual_tokens")
+                 if k in row)
+
+
+def _candidate(policy: Any, then: dict, facts: dict, arch: Architecture, arch_key: tuple, gpu: GpuSpec,
+               constants: MemoryConstants, usable: float, cache: DeriveCache | None, spec_key: tuple) -> Candidate:
+    if cache is None:
+        return resolve_candidate(policy, then, facts, arch, gpu, constants, usable)
+    spec = cache.specs.get(spec_key)
+    if spec is None:
+        spec = resolve_spec(policy, then, facts, gpu)
+        if len(cache.specs) > 65536:
+            cache.specs.clear()
+        cache.specs[spec_key] = spec
+    training = dict(spec.training)
+
+    def profile_of(sharding: str) -> MemoryProfile:
+        setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"], micro_batch_size=1,
+                              seq_len=int(training["seq_len"]),
+                              gradient_checkpointing=bool(training["gradient_checkpointing"]), sharding=sharding,
+                              gpu_count=gpu.count)
+        return cache.profile((arch_key, spec.cfg, setup), lambda: profile(arch, spec.cfg, setup, constants))
+
+    return candidate_from(spec, arch, gpu, constants, usable, profile_of)

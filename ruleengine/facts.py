@@ -117,7 +117,7 @@ def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str
 def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
                resolve_config: Callable[[str, FactsInput], Any] | None, diags: list[Diagnostic]) -> dict:
     """Run the semantic checks and fill defaults; raises FactsError with ``diags`` plus what it finds."""
-    data = {k: (copy.deepcopy(v) if isinstance(v, dict) else {}) for k, v in inp.data.items()}
+    data = {k: (plain_copy(v) if isinstance(v, dict) else {}) for k, v in inp.data.items()}
     defaults = (policy.defaults.get("facts") or {})
     model = dict(data.get("model") or {})
     hardware = {**(defaults.get("hardware") or {}), **(data.get("hardware") or {})}
@@ -202,6 +202,15 @@ def _drop_shadowed_shape_errors(diags: list[Diagnostic]) -> None:
     """Keep one message per bad count: facts-bad-count says more than the schema's shape error."""
     counted = {d.path for d in diags if d.code == "facts-bad-count"}
     diags[:] = [d for d in diags if d.code == "facts-bad-count" or d.path not in counted]
+
+
+def plain_copy(value: Any) -> Any:
+    """Return a deep copy of JSON-like data (dicts with string keys, lists; tuples become lists)."""
+    if isinstance(value, dict):
+        return {str(k): plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_copy(v) for v in value]
+    return value
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:

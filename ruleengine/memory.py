@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from . import methods
 from .architecture import Architecture
-from .trainable import resolve_targets, trainable_params
+from .methods import MethodConfig
+from .methods.terms import all_groups
 
 GIB = float(2**30)
-METHODS = ("full_ft", "lora", "qlora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "adalora")
-LORA_FAMILY = ("lora", "qlora", "dora", "adalora")
 PRECISIONS = ("fp32", "bf16_mixed", "fp16_mixed", "bf16_pure")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit", "sgd")
 SHARDINGS = ("none", "zero2", "zero3", "fsdp", "zero3_offload")
@@ -153,25 +153,6 @@ class TrainingSetup:
                 raise ValueError(f"{label} must be a positive integer, got {number!r}")
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """The method and its hyperparameters that change memory.
-
-    ``rank`` is LoRA's r (AdaLoRA: init_r); ``dropout`` the adapter dropout (None = the policy's
-    ``memory.lora.default_dropout``); ``use_dora`` turns lora/qlora into DoRA; ``double_quant``
-    applies to QLoRA.
-    """
-
-    method: str
-    rank: int | None = None
-    target_modules: Any = "all-linear"
-    num_virtual_tokens: int | None = None
-    adapter_size: int | None = None
-    dropout: float | None = None
-    use_dora: bool = False
-    double_quant: bool | None = None
-
-
 @dataclass
 class Estimate:
     """Peak memory per GPU, GiB, by component; ``total_gib`` is their sum."""
@@ -204,20 +185,6 @@ class Estimate:
 # --- the model ------------------------------------------------------------------------------
 
 
-def _input_group(arch: Architecture, module: str) -> str:
-    """Return which activation tensor feeds ``module`` (q/k/v share one input, gate/up another)."""
-    attn, mlp = arch.attention_modules(), arch.mlp_modules()
-    if module in attn[:3]:
-        return "attn_in"
-    if module == attn[3]:
-        return "o_in"
-    if module == mlp[-1]:
-        return "down_in"
-    if module in mlp:
-        return "mlp_in"
-    raise ValueError(f"unknown module {module} (have {', '.join(arch.linear_modules())})")
-
-
 def _group_width(arch: Architecture, group: str) -> int:
     return {"attn_in": arch.hidden_size, "o_in": arch.q_dim, "mlp_in": arch.hidden_size,
             "down_in": arch.intermediate_size}[group]
@@ -233,20 +200,19 @@ def layer_activation_bytes(arch: Architecture, cfg: MethodConfig, setup: Trainin
     RMSNorm's fp32 upcast, GQA (k and v are ``kv_dim`` wide) and without dropout. With SDPA/flash
     attention the ``5·a·s/h`` score term is gone; ``eager`` keeps ``eager_scores`` bytes per head and
     key. A frozen base keeps no linear-layer inputs (their weight gradients are not needed) but still
-    keeps everything backpropagation *through* the layer needs; adapters add their own inputs.
-    ``kv_len`` is the number of keys each query attends to (seq_len, + prefix tokens). Raises
-    ValueError for unknown target modules and KeyError for a missing constant.
+    keeps everything backpropagation *through* the layer needs; the method's entry adds what its own
+    parameters need (``MemoryTerms.layer``). ``kv_len`` is the number of keys each query attends to
+    (seq_len, + prefix tokens). Raises ValueError for unknown target modules or methods and KeyError
+    for a missing constant.
     """
+    terms = methods.get(cfg.method).memory
     a = c.get("activations")
     scale = c.get("precision", setup.precision, "activation_bytes") / 2.0
     h, q_dim, kv_dim, inter = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
-    method = cfg.method
-    full = method == "full_ft"
-    modules = arch.linear_modules()
     n = 0.0
     # norms: two per layer, fp32 input copy; the normalized tensor too when the norm weight trains
     norm_in = a["norm_input"] if arch.norm != "none" else 0.0
-    n += 2 * h * (norm_in + (a["norm_output"] * scale if full and arch.norm != "none" else 0.0))
+    n += 2 * h * (norm_in + (a["norm_output"] * scale if terms.trains_base and arch.norm != "none" else 0.0))
     # attention core: q, k, v, output (flash/SDPA); eager adds the probabilities
     kv_width = kv_dim if setup.attention == "sdpa" else q_dim  # eager repeats k/v to every head (repeat_kv)
     n += (q_dim * a["attention_q"] + kv_width * a["attention_kv"] + q_dim * a["attention_out"]) * scale
@@ -254,83 +220,143 @@ def layer_activation_bytes(arch: Architecture, cfg: MethodConfig, setup: Trainin
         n += arch.num_attention_heads * kv_len * a["eager_scores"]
     # MLP internals
     n += inter * (a["gated_mlp"] if arch.mlp == "gated" else a["plain_mlp"]) * scale
-    # inputs of linear layers kept for weight / adapter gradients
-    groups: set[str] = set()
-    if full:
-        groups = {_input_group(arch, m) for m in modules}
-    if method == "qlora" and c.get("quantization", "saves_input"):
-        groups |= {_input_group(arch, m) for m in modules}
-    if method in LORA_FAMILY:
-        targets = resolve_targets(arch, method, cfg.target_modules)
-        dropout = c.get("lora", "default_dropout") if cfg.dropout is None else cfg.dropout
-        if dropout > 0:  # each adapted layer has its own dropout: its output and mask are kept
-            n += sum(modules[t][0] for t in targets) * (a["linear_input"] * scale + a["dropout_mask"])
-        else:
-            groups |= {_input_group(arch, t) for t in targets}
-        if method == "dora" or cfg.use_dora:
-            n += sum(modules[t][1] for t in targets) * a["dora_per_output"] * scale
+    # inputs of linear layers kept for weight gradients, and what the method's own parameters keep
+    groups: frozenset[str] = all_groups(arch) if terms.trains_base else frozenset()
+    if terms.layer is not None:
+        extra, own = terms.layer(arch, cfg, setup, c, scale)
+        n += extra
+        groups |= own
     n += sum(_group_width(arch, g) for g in groups) * a["linear_input"] * scale
-    if method == "ia3":
-        ff = set(arch.feedforward_modules())
-        for t in resolve_targets(arch, method, cfg.target_modules):
-            n += (modules[t][0] if t in ff else modules[t][1]) * a["ia3_per_element"] * scale
-    if method == "adapter":
-        m = cfg.adapter_size or 0
-        n += 2 * (h + 2 * m) * a["adapter_per_element"] * scale
     return n
 
 
-def _activations(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: MemoryConstants,
-                 notes: list[str]) -> tuple[float, int]:
-    """Return (activation bytes per GPU, tokens per micro-batch the logits are computed for)."""
+def _activations_per_sequence(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: MemoryConstants,
+                              notes: list[str]) -> tuple[float, int]:
+    """Return (activation bytes per sequence of the micro-batch, tokens per sequence the logits cover)."""
+    terms = methods.get(cfg.method).memory
     a = c.get("activations")
     scale = c.get("precision", setup.precision, "activation_bytes") / 2.0
-    b, s = setup.micro_batch_size, setup.seq_len
-    n_virtual = cfg.num_virtual_tokens or 0
-    seq = s + n_virtual if cfg.method == "prompt_tuning" else s  # soft prompt lengthens the input
-    kv_len = s + n_virtual if cfg.method == "prefix_tuning" else seq
+    s = setup.seq_len
+    seq, kv_len = terms.tokens(cfg, s) if terms.tokens is not None else (s, s)
     per_layer = layer_activation_bytes(arch, cfg, setup, c, kv_len)
     recompute = setup.gradient_checkpointing
-    if cfg.method == "prefix_tuning" and recompute and c.get("prefix_tuning", "disable_checkpointing"):
-        recompute = False
-        notes.append("prefix tuning does not work with gradient checkpointing in peft; estimated without it")
-    tokens = b * seq
+    if recompute and terms.recompute is not None:
+        recompute, why = terms.recompute(c)
+        if not recompute:
+            notes.append(why)
     if recompute:
         ckpt = a["checkpoint"] * scale
-        if cfg.method == "qlora":
-            ckpt = max(ckpt, c.get("quantization", "residual_stream_bytes"))
+        if terms.checkpoint_floor is not None:
+            ckpt = max(ckpt, terms.checkpoint_floor(c))
         # every layer keeps its input; one layer's activations are rebuilt at a time in backward
-        body = tokens * (arch.num_layers * arch.hidden_size * ckpt + per_layer)
+        body = seq * (arch.num_layers * arch.hidden_size * ckpt + per_layer)
     else:
-        body = tokens * arch.num_layers * per_layer
+        body = seq * arch.num_layers * per_layer
     # final norm (+ lm_head input when it trains)
-    tail = tokens * arch.hidden_size * (a["norm_input"] + (a["norm_output"] + a["linear_input"]) * scale
-                                        * (cfg.method == "full_ft"))
-    extra = 0.0
-    if cfg.method == "prefix_tuning":  # the learned keys/values of every layer, per sequence
-        extra = b * n_virtual * arch.num_layers * arch.kv_dim * a["attention_kv"] * scale
-    return body + tail + extra, tokens
+    tail = seq * arch.hidden_size * (a["norm_input"] + (a["norm_output"] + a["linear_input"]) * scale
+                                     * terms.trains_base)
+    extra = terms.sequence_extra(arch, cfg, 1, c, scale) if terms.sequence_extra is not None else 0.0
+    return body + tail + extra, seq
 
 
-def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constants: MemoryConstants) -> Estimate:
-    """Return the peak memory per GPU of fine-tuning ``arch`` with ``cfg`` under ``setup``, in GiB.
+@dataclass(frozen=True)
+class MemoryProfile:
+    """The per-GPU memory of one method and setup as a function of the micro-batch (bytes).
+
+    Everything but the micro-batch is fixed: persistent state (weights, gradients, optimizer states,
+    quantization constants), what one sequence adds (activations and logits, alive together at the
+    start of backward), the fixed working buffers, and the optimizer step's temporaries, which only
+    count where they exceed the activations backward has already freed. So
+
+        total(b) = (1 + f) * (persistent + work + max(b * per_sequence, step_temp)) + cuda_context
+
+    with ``f`` the allocator fraction: monotone in ``b``, and the largest micro-batch that fits a limit
+    is solved in closed form (:meth:`largest_batch`).
+    """
+
+    weights: float
+    gradients: float
+    optimizer: float
+    quant_constants: float
+    activations_per_seq: float
+    logits_per_seq: float
+    tokens_per_seq: int
+    work: float
+    step_temp: float
+    cuda_context: float
+    allocator_fraction: float
+    trainable_params: int
+    total_params: int
+    cpu_offload: float
+    notes: tuple[str, ...]
+
+    @property
+    def persistent(self) -> float:
+        """Return the bytes that do not depend on the micro-batch (weights, grads, states, constants)."""
+        return self.weights + self.gradients + self.optimizer + self.quant_constants
+
+    @property
+    def per_sequence(self) -> float:
+        """Return the bytes each sequence of the micro-batch adds (activations + logits)."""
+        return self.activations_per_seq + self.logits_per_seq
+
+    def _parts(self, micro_batch: int) -> tuple[float, float, float, float]:
+        """Return (activations, logits, overhead, total) in bytes at ``micro_batch``."""
+        activations = micro_batch * self.activations_per_seq
+        logits = micro_batch * self.logits_per_seq
+        # the optimizer step runs after backward freed the activations: only its excess counts
+        work = self.work + max(0.0, self.step_temp - activations - logits)
+        persistent = self.persistent
+        live = persistent + activations + logits + work
+        overhead = self.cuda_context + self.allocator_fraction * live + work
+        return activations, logits, overhead, persistent + activations + logits + overhead
+
+    def total_gib(self, micro_batch: int) -> float:
+        """Return the total GiB per GPU at ``micro_batch`` (the ``total_gib`` of :meth:`at`)."""
+        return self._parts(micro_batch)[3] / GIB
+
+    def at(self, micro_batch: int) -> Estimate:
+        """Return the estimate (GiB by component) at ``micro_batch`` sequences per GPU."""
+        activations, logits, overhead, total = self._parts(micro_batch)
+        return Estimate(
+            weights_gib=self.weights / GIB, gradients_gib=self.gradients / GIB, optimizer_gib=self.optimizer / GIB,
+            activations_gib=activations / GIB, logits_gib=logits / GIB,
+            quant_constants_gib=self.quant_constants / GIB, overhead_gib=overhead / GIB, total_gib=total / GIB,
+            trainable_params=self.trainable_params, total_params=self.total_params,
+            cpu_offload_gib=self.cpu_offload / GIB, notes=list(self.notes))
+
+    def largest_batch(self, limit_gib: float, allowed: tuple[int, ...]) -> int | None:
+        """Return the largest micro-batch in ``allowed`` whose total is within ``limit_gib``, or None.
+
+        Solved from the closed form (the bound below), then confirmed with :meth:`total_gib`, so a
+        value exactly on the boundary is judged by the same arithmetic as a single estimate.
+        """
+        budget = (limit_gib * GIB - self.cuda_context) / (1 + self.allocator_fraction) - self.persistent - self.work
+        slack = 1e-9 * (abs(budget) + self.persistent + self.step_temp) + 1.0
+        if budget + slack < self.step_temp:
+            return None
+        bound = (budget + slack) / self.per_sequence if self.per_sequence > 0 else float("inf")
+        for b in sorted(allowed, reverse=True):
+            if b <= bound and self.total_gib(b) <= limit_gib:
+                return b
+        return None
+
+
+def profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constants: MemoryConstants) -> MemoryProfile:
+    """Return the memory profile of fine-tuning ``arch`` with ``cfg`` under ``setup`` (its micro-batch unused).
 
     Raises ValueError for an unknown method, precision, optimizer or sharding, missing method
     hyperparameters (rank, num_virtual_tokens, adapter_size) or unknown target modules.
     """
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method `{cfg.method}`; use one of {', '.join(METHODS)}")
+    spec = methods.get(cfg.method)
+    terms = spec.memory
     setup.validate()
     c = constants
     notes: list[str] = []
     prec = c.get("precision", setup.precision)
     opt = c.get("optimizer", setup.optimizer)
     adapter = c.get("adapter")
-    method = cfg.method
-    use_dora = method == "dora" or (cfg.use_dora and method in ("lora", "qlora"))
-    trainable = trainable_params(arch, method, rank=cfg.rank, target_modules=cfg.target_modules,
-                                 num_virtual_tokens=cfg.num_virtual_tokens, adapter_size=cfg.adapter_size,
-                                 use_dora=use_dora)
+    trainable = spec.trainable(arch, cfg)
     parts = arch.param_breakdown()
     total_params = int(arch.params)
     n_gpu = setup.gpu_count
@@ -342,31 +368,28 @@ def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, consta
 
     # weights (own shard) and quantization constants
     quant_constants = 0.0
-    if method == "full_ft":
-        base_weight_bytes = total_params * prec["weight_bytes"]
-    elif method == "qlora":
+    if terms.base == "nf4":
         payload, scales = c.nf4_bytes_per_param(cfg.double_quant)
         q = c.get("quantization")
         base_weight_bytes = parts["linear"] * payload + (parts["embedding"] + parts["other"]) * q["unquantized_bytes"]
         quant_constants = parts["linear"] * scales / shard_w
         if q["unquantized_bytes"] > prec["weight_bytes"]:
             notes.append("prepare_model_for_kbit_training keeps embeddings, lm_head and norms in fp32")
+        gathered_bytes, root_bytes = payload + scales, q["unquantized_bytes"]
     else:
         base_weight_bytes = total_params * prec["weight_bytes"]
+        gathered_bytes, root_bytes = prec["weight_bytes"], prec["weight_bytes"]
     weights = base_weight_bytes / shard_w
-    if method != "full_ft":
+    if not terms.trains_base:
         weights += trainable * adapter["weight_bytes"] / shard_w
     if shard_w > 1:  # ZeRO-3/FSDP all-gather whole layers (and the root unit) to compute
-        layer_bytes = arch.layer_params() * (prec["weight_bytes"] if method != "qlora" else
-                                             sum(c.nf4_bytes_per_param(cfg.double_quant)))
-        gathered = c.get("sharding", "gathered_layers") * layer_bytes
+        gathered = c.get("sharding", "gathered_layers") * arch.layer_params() * gathered_bytes
         if c.get("sharding", "gather_root"):
-            root_bytes = prec["weight_bytes"] if method != "qlora" else c.get("quantization", "unquantized_bytes")
             gathered += (parts["embedding"] + arch.hidden_size) * root_bytes
         weights += gathered * (1 - 1 / n_gpu)
 
     # gradients
-    if method == "full_ft":
+    if terms.trains_base:
         grad_bytes = trainable * prec["grad_bytes"]
         state_elem = prec["state_bytes"]
         master = prec["master_bytes"]
@@ -384,8 +407,8 @@ def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, consta
     if opt["block_size"]:
         per_param += opt["states"] * opt["block_bytes"] / opt["block_size"]
     optimizer_bytes = trainable * per_param
-    if method == "adalora":
-        optimizer_bytes += trainable * c.get("adalora", "allocator_copies") * 4
+    if terms.optimizer_extra is not None:
+        optimizer_bytes += terms.optimizer_extra(trainable, c)
     step_temp = trainable * opt["step_temp_states"] * elem / shard_go
     cpu_offload = 0.0
     if sharding == "zero3_offload":
@@ -397,33 +420,27 @@ def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, consta
     if opt["paged"]:
         notes.append(f"{setup.optimizer} keeps its states in unified memory: they page to the CPU under pressure")
 
-    # activations and logits (alive together at the start of backward)
-    activations, tokens = _activations(arch, cfg, setup, c, notes)
+    # activations and logits per sequence (alive together at the start of backward)
+    activations, tokens = _activations_per_sequence(arch, cfg, setup, c, notes)
     lg = c.get("logits")
     logits = tokens * arch.vocab_size * (lg["copies_16bit"] * prec["activation_bytes"] + lg["copies_fp32"] * 4)
 
-    # transient working buffers
-    work = 0.0
-    largest = max(d_in * d_out for d_in, d_out in arch.linear_modules().values())
-    if method == "qlora":
-        work += c.get("quantization", "dequant_buffers") * largest * 2
-    if use_dora:
-        targets = resolve_targets(arch, method, cfg.target_modules)
-        mods = arch.linear_modules()
-        work += c.get("dora", "weight_norm_bytes") * max(mods[t][0] * mods[t][1] for t in targets)
-    # the optimizer step runs after backward freed the activations: only its excess counts
-    work += max(0.0, step_temp - activations - logits)
-
-    live = weights + gradients + optimizer + quant_constants + activations + logits + work
+    work = terms.workspace(arch, cfg, c) if terms.workspace is not None else 0.0
     ov = c.get("overhead")
-    overhead = ov["cuda_context_gib"] * GIB + ov["allocator_fraction"] * live + work
-    total = weights + gradients + optimizer + quant_constants + activations + logits + overhead
-    return Estimate(
-        weights_gib=weights / GIB, gradients_gib=gradients / GIB, optimizer_gib=optimizer / GIB,
-        activations_gib=activations / GIB, logits_gib=logits / GIB, quant_constants_gib=quant_constants / GIB,
-        overhead_gib=overhead / GIB, total_gib=total / GIB, trainable_params=int(trainable),
-        total_params=total_params, cpu_offload_gib=cpu_offload / GIB, notes=notes,
-    )
+    return MemoryProfile(
+        weights=weights, gradients=gradients, optimizer=optimizer, quant_constants=quant_constants,
+        activations_per_seq=activations, logits_per_seq=logits, tokens_per_seq=tokens, work=work,
+        step_temp=step_temp, cuda_context=ov["cuda_context_gib"] * GIB, allocator_fraction=ov["allocator_fraction"],
+        trainable_params=int(trainable), total_params=total_params, cpu_offload=cpu_offload, notes=tuple(notes))
+
+
+def estimate(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constants: MemoryConstants) -> Estimate:
+    """Return the peak memory per GPU of fine-tuning ``arch`` with ``cfg`` under ``setup``, in GiB.
+
+    Raises ValueError for an unknown method, precision, optimizer or sharding, missing method
+    hyperparameters (rank, num_virtual_tokens, adapter_size) or unknown target modules.
+    """
+    return profile(arch, cfg, setup, constants).at(setup.micro_batch_size)
 
 
 def bytes_per_param(setup: TrainingSetup, constants: MemoryConstants) -> float:

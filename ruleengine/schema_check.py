@@ -33,6 +33,36 @@ def _best(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
     return error
 
 
+_FAST: dict[int, tuple[dict, Any]] = {}
+_SLOW: dict[int, tuple[dict, jsonschema.Draft202012Validator]] = {}
+
+
+def _fast_valid(data: Any, schema: dict) -> bool:
+    """Return True when jsonschema-rs (compiled once per schema) says ``data`` is valid.
+
+    False means "not known to be valid" (invalid, or a value jsonschema-rs cannot take, such as an
+    integer beyond 64 bits): the caller then runs the full validation, whose diagnostics decide.
+    """
+    found = _FAST.get(id(schema))
+    if found is None or found[0] is not schema:
+        import jsonschema_rs
+
+        found = (schema, jsonschema_rs.validator_for(schema))
+        _FAST[id(schema)] = found
+    try:
+        return bool(found[1].is_valid(data))
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
+def _validator(schema: dict) -> jsonschema.Draft202012Validator:
+    found = _SLOW.get(id(schema))
+    if found is None or found[0] is not schema:
+        found = (schema, jsonschema.Draft202012Validator(schema))
+        _SLOW[id(schema)] = found
+    return found[1]
+
+
 def validate(
     data: Any,
     schema: dict,
@@ -40,8 +70,14 @@ def validate(
     code_prefix: str,
     path_prefix: tuple = (),
 ) -> list[Diagnostic]:
-    """Return one diagnostic per schema violation of ``data``, located through ``locate(path, key)``."""
-    validator = jsonschema.Draft202012Validator(schema)
+    """Return one diagnostic per schema violation of ``data``, located through ``locate(path, key)``.
+
+    Valid data is recognised by jsonschema-rs (compiled, microseconds); only data it does not accept
+    goes through jsonschema, whose errors become the diagnostics.
+    """
+    if _fast_valid(data, schema):
+        return []
+    validator = _validator(schema)
     diags: list[Diagnostic] = []
     for raw in validator.iter_errors(data):
         error = _best(raw)

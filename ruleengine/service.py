@@ -38,8 +38,9 @@ class ServiceError(Exception):
 class DecisionService:
     """The request handling, independent of the HTTP server (testable alone)."""
 
-    def __init__(self, policy: Any, *, audit: bool = True, audit_db: str | None = None):
-        self.policy = policy
+    def __init__(self, engine: Any, *, audit: bool = True, audit_db: str | None = None):
+        self.engine = engine
+        self.policy = engine.policy
         self.audit = audit
         self.audit_db = audit_db
         self._audit_lock = threading.Lock()
@@ -73,33 +74,21 @@ class DecisionService:
                 "gpus": p.gpus, "rules": [r.id for r in p.rules]}
 
     def _decide(self, body: bytes | None, explain: bool) -> dict:
-        from .engine import decide
+        from . import api
 
         facts = parse_facts(body)
-        decision = _client_errors(lambda: decide(self.policy, facts, explain=explain))
+        decision = _client_errors(lambda: self.engine.decide(facts, explain=explain))
         data = decision.to_dict()
         if self.audit:
-            from .audit import record_decision
-
             with self._audit_lock:
-                data["audit_record"] = record_decision(data, self.policy.snapshot(), self.policy.sha256,
-                                                       db_path=self.audit_db)
+                data["audit_record"] = api.record(data, self.engine, audit_db=self.audit_db)
         return data
 
     def _estimate(self, body: bytes | None) -> dict:
-        from .derive import derive
-        from .explain import architecture_dict, method_estimates
-        from .facts import normalize_facts
-
         facts_in = parse_facts(body)
-
-        def run() -> dict:
-            facts = normalize_facts(facts_in, self.policy, require=("model", "hardware"))
-            derived = derive(self.policy, facts)
-            return {"policy": self.identity(), "architecture": architecture_dict(derived.arch),
-                    "usable_gb": derived.usable_gb, "estimates": method_estimates(self.policy, derived, facts)}
-
-        return _client_errors(run)
+        data = _client_errors(lambda: self.engine.estimate(facts_in))
+        return {"policy": self.identity(), "architecture": data["architecture"], "usable_gb": data["usable_gb"],
+                "estimates": data["estimates"]}
 
 
 def _flag(query: dict[str, list[str]], name: str) -> bool:

@@ -1,6 +1,8 @@
 """Trainable-parameter counts per fine-tuning method, equal to what peft reports.
 
-``trainable_params`` reproduces ``get_peft_model(model, config).get_nb_trainable_parameters()[0]``
+Each ``count_*`` function is the rule of one method family; the method registry
+(``ruleengine/methods``) names the rule of each method, and ``ruleengine.methods.trainable_params``
+dispatches to it. Together they reproduce ``get_peft_model(model, config).get_nb_trainable_parameters()[0]``
 for the peft methods (checked in tests/ruleengine/test_trainable.py against models built on the
 meta device) without importing torch or peft. The formulas, per adapted linear layer (d_in, d_out):
 
@@ -23,11 +25,13 @@ meta device) without importing torch or peft. The formulas, per adapted linear l
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .architecture import Architecture
 
-PEFT_METHODS = ("lora", "qlora", "dora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "adapter")
-ALL_METHODS = ("full_ft",) + PEFT_METHODS
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .methods.spec import MethodConfig
+
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 # peft's per-family defaults when target_modules is None (peft utils/constants.py)
 _DEFAULT_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -85,42 +89,63 @@ def _need(value: int | None, name: str, method: str) -> int:
     return int(value)
 
 
-def trainable_params(arch: Architecture, method: str, *, rank: int | None = None,
-                     target_modules: str | Iterable[str] | None = "all-linear",
-                     num_virtual_tokens: int | None = None, adapter_size: int | None = None,
-                     use_dora: bool = False) -> int:
-    """Return the number of trainable parameters of ``method`` on ``arch`` (peft's count for peft methods).
+def count_full(arch: Architecture, cfg: MethodConfig) -> int:
+    """Return full fine-tuning's trainable parameters: every parameter of the model."""
+    return int(arch.params)
 
-    ``rank`` is LoRA's r (QLoRA, DoRA) or AdaLoRA's init_r; ``use_dora`` adds DoRA's magnitude
-    vectors to lora/qlora; ``target_modules`` as in :func:`resolve_targets` (ignored by full_ft,
-    prompt/prefix tuning and adapters). Raises ValueError for an unknown method, a missing or
-    non-positive rank / num_virtual_tokens / adapter_size, or bad target modules.
+
+def count_lora(arch: Architecture, cfg: MethodConfig, *, dora: bool = False, singular_values: bool = False) -> int:
+    """Return the LoRA family's trainable parameters: ``r·(d_in + d_out)`` per adapted layer.
+
+    ``singular_values`` adds AdaLoRA's ``lora_E`` (r per layer); ``dora`` (or ``cfg.use_dora``) adds
+    DoRA's magnitude vector (``d_out`` per layer). Raises ValueError for a missing or non-positive
+    rank and for bad target modules.
     """
-    if method == "full_ft":
-        return int(arch.params)
-    if method not in PEFT_METHODS:
-        raise ValueError(f"unknown method `{method}`; use one of {', '.join(ALL_METHODS)}")
-    layers = arch.num_layers
-    if method == "prompt_tuning":
-        return _need(num_virtual_tokens, "num_virtual_tokens", method) * arch.embed_dim
-    if method == "prefix_tuning":
-        return _need(num_virtual_tokens, "num_virtual_tokens", method) * layers * 2 * arch.kv_dim
-    if method == "adapter":
-        m = _need(adapter_size, "adapter_size", method)
-        h = arch.hidden_size
-        return layers * 2 * (2 * m * h + m + h)
+    r = _need(cfg.rank, "rank", cfg.method)
     modules = arch.linear_modules()
-    targets = resolve_targets(arch, method, target_modules)
-    if method == "ia3":
-        ff = set(arch.feedforward_modules())
-        return layers * sum(modules[t][0] if t in ff else modules[t][1] for t in targets)
-    r = _need(rank, "rank", method)
     per_layer = 0
-    for t in targets:
+    for t in resolve_targets(arch, cfg.method, cfg.target_modules):
         d_in, d_out = modules[t]
         per_layer += r * (d_in + d_out)
-        if method == "adalora":
+        if singular_values:
             per_layer += r
-        if method == "dora" or (use_dora and method in ("lora", "qlora")):
+        if dora or cfg.use_dora:
             per_layer += d_out
-    return layers * per_layer
+    return arch.num_layers * per_layer
+
+
+def count_ia3(arch: Architecture, cfg: MethodConfig) -> int:
+    """Return IA3's trainable parameters: one vector per adapted layer (its input width for feed-forward modules).
+
+    Raises ValueError for bad target modules.
+    """
+    modules = arch.linear_modules()
+    ff = set(arch.feedforward_modules())
+    targets = resolve_targets(arch, cfg.method, cfg.target_modules)
+    return arch.num_layers * sum(modules[t][0] if t in ff else modules[t][1] for t in targets)
+
+
+def count_prompt(arch: Architecture, cfg: MethodConfig) -> int:
+    """Return prompt tuning's trainable parameters: ``num_virtual_tokens x embedding width``.
+
+    Raises ValueError for a missing or non-positive num_virtual_tokens.
+    """
+    return _need(cfg.num_virtual_tokens, "num_virtual_tokens", cfg.method) * arch.embed_dim
+
+
+def count_prefix(arch: Architecture, cfg: MethodConfig) -> int:
+    """Return prefix tuning's trainable parameters: a key and a value prefix per layer (GQA width).
+
+    Raises ValueError for a missing or non-positive num_virtual_tokens.
+    """
+    return _need(cfg.num_virtual_tokens, "num_virtual_tokens", cfg.method) * arch.num_layers * 2 * arch.kv_dim
+
+
+def count_adapter(arch: Architecture, cfg: MethodConfig) -> int:
+    """Return two bottleneck adapters per layer, each ``h -> m -> h`` with biases.
+
+    Raises ValueError for a missing or non-positive adapter_size.
+    """
+    m = _need(cfg.adapter_size, "adapter_size", cfg.method)
+    h = arch.hidden_size
+    return arch.num_layers * 2 * (2 * m * h + m + h)

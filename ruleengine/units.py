@@ -39,3 +39,16 @@ def format_count(n: float) -> str:
             text = f"{n / scale:.3g}"
             return f"{text}{suffix}"
     return f"{n:g}"
+
+
+def format_value(v: object) -> str:
+    """Return a fact value for people: booleans as true/false, large numbers as counts, lists in brackets."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        if abs(v) >= 1e4:
+            return format_count(v)
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    return str(v)

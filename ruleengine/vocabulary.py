@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("full_ft", "lora", "qlora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "adapter", "adalora")
-RANKED_METHODS = ("lora", "qlora", "dora", "adalora")
+from .methods import method_names, ranked_method_names
+
+#: the registered methods (ruleengine/methods), in listing order; the ranked ones are the LoRA family
+METHODS = method_names()
+RANKED_METHODS = ranked_method_names()
 SHIFTS = ("style_format", "domain_adaptation", "new_knowledge", "continual_pretraining")
 QUALITIES = ("research_best", "production", "prototype")
 PRECISIONS = ("fp32", "bf16_mixed", "fp16_mixed", "bf16_pure")

@@ -1,4 +1,4 @@
-"""AdaLoRA executor (registers ``adalora``)."""
+"""AdaLoRA executor (method ``adalora``)."""
 
 from .executor import AdaLoraExecutor, adalora_schedule
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import register
 from ..base import PlanContext, resolve_target_modules
 from ..errors import Diagnostic, Location, PlanError
 from ..lora.executor import LoraExecutor, rank_of
@@ -27,7 +26,6 @@ def adalora_schedule(total_step: int) -> dict[str, int]:
     return {"tinit": tinit, "tfinal": tfinal, "deltaT": max(1, budget // 10)}
 
 
-@register("adalora")
 class AdaLoraExecutor(LoraExecutor):
     """AdaLoRA (Zhang et al.): SVD-form adapters starting at ``init_r`` and pruned to ``target_r``.
 
@@ -35,6 +33,8 @@ class AdaLoraExecutor(LoraExecutor):
     optimizer step: the plan computes the step count from the data, and :meth:`callbacks` adds the
     callback that makes the call.
     """
+
+    method = "adalora"
 
     peft_config_class = "AdaLoraConfig"
 

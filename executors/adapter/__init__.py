@@ -1,4 +1,4 @@
-"""Bottleneck adapter executor (registers ``adapter``): refuses at plan time in this environment.
+"""Bottleneck adapter executor (method ``adapter``): refuses at plan time in this environment.
 
 Houlsby/Pfeiffer bottleneck adapters are not in peft; the maintained library is AdapterHub
 ``adapters``. Its releases pin transformers 4.x (1.3.0, the latest, requires
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from .. import register
 from ..base import Executor
 
 #: the transformers requirement of the latest AdapterHub `adapters` release (1.3.0), checked with
@@ -42,9 +41,10 @@ def adapters_status() -> str:
             "for transformers 5")
 
 
-@register("adapter")
 class BottleneckAdapterExecutor(Executor):
     """Bottleneck adapters: refused with the reason from :func:`adapters_status`."""
+
+    method = "adapter"
 
     def unsupported_reason(self) -> str | None:
         """Return the reason this method cannot run here (always a string in this environment)."""

@@ -1,12 +1,12 @@
-"""DoRA executor (registers ``dora``): LoRA with weight decomposition, ``LoraConfig(use_dora=True)``."""
+"""DoRA executor (method ``dora``): LoRA with weight decomposition, ``LoraConfig(use_dora=True)``."""
 
-from .. import register
 from ..lora.executor import LoraExecutor
 
 
-@register("dora")
 class DoraExecutor(LoraExecutor):
     """DoRA (Liu et al.): LoRA on the direction plus a trained magnitude vector per output feature."""
+
+    method = "dora"
 
     use_dora = True
 

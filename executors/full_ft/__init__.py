@@ -1,18 +1,18 @@
-"""Full fine-tuning executor (registers ``full_ft``): every weight trains, no peft."""
+"""Full fine-tuning executor (method ``full_ft``): every weight trains, no peft."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from .. import register
 from ..base import Executor, PlanContext, enable_activation_checkpointing
 from ..errors import Diagnostic, Location
 
 
-@register("full_ft")
 class FullFineTuneExecutor(Executor):
     """Full fine-tuning: all parameters train; the artifact is the whole model (``model/``)."""
+
+    method = "full_ft"
 
     can_quantize = False
     artifact_dir = "model"

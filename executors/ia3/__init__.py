@@ -1,15 +1,15 @@
-"""IA3 executor (registers ``ia3``): learned rescaling vectors (peft ``IA3Config``)."""
+"""IA3 executor (method ``ia3``): learned rescaling vectors (peft ``IA3Config``)."""
 
 from __future__ import annotations
 
-from .. import register
 from ..base import Executor, PlanContext, resolve_target_modules
 
 
-@register("ia3")
 class IA3Executor(Executor):
     """(IA)³ (Liu et al.): one learned vector per target module scales its output, or for the
     feed-forward modules (the MLP's down projection) its input."""
+
+    method = "ia3"
 
     peft_config_class = "IA3Config"
     merge_blocked_when_quantized = True

@@ -1,4 +1,4 @@
-"""LoRA executor (registers ``lora``)."""
+"""LoRA executor (method ``lora``)."""
 
 from .executor import LoraExecutor
 

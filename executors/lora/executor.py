@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from .. import register
 from ..base import Executor, PlanContext, resolve_target_modules
 from ..errors import Diagnostic, Location, positive_int
 
@@ -33,9 +32,10 @@ def rank_of(verdict: dict, key: str = "rank") -> int:
     return positive_int(verdict, key, "plan-bad-rank", "set training.lora_rank in the facts, or --lora-rank")
 
 
-@register("lora")
 class LoraExecutor(Executor):
     """LoRA (Hu et al.): ``W + (alpha/r)·B·A`` on every target module; the base stays frozen."""
+
+    method = "lora"
 
     peft_config_class = "LoraConfig"
     use_dora = False

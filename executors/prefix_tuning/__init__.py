@@ -1,15 +1,15 @@
-"""Prefix tuning executor (registers ``prefix_tuning``): trained key/value prefixes in every layer."""
+"""Prefix tuning executor (method ``prefix_tuning``): trained key/value prefixes in every layer."""
 
 from __future__ import annotations
 
-from .. import register
 from ..base import Executor, PlanContext
 from ..prompt_tuning import virtual_tokens
 
 
-@register("prefix_tuning")
 class PrefixTuningExecutor(Executor):
     """Prefix tuning (Li & Liang): ``num_virtual_tokens`` trained key/value pairs per layer."""
+
+    method = "prefix_tuning"
 
     peft_config_class = "PrefixTuningConfig"
     can_merge = False

@@ -1,8 +1,7 @@
-"""Prompt tuning executor (registers ``prompt_tuning``): trained soft-prompt embeddings."""
+"""Prompt tuning executor (method ``prompt_tuning``): trained soft-prompt embeddings."""
 
 from __future__ import annotations
 
-from .. import register
 from ..base import Executor, PlanContext
 from ..errors import positive_int
 
@@ -13,9 +12,10 @@ def virtual_tokens(verdict: dict) -> int:
                         "set training.num_virtual_tokens in the facts, or --num-virtual-tokens")
 
 
-@register("prompt_tuning")
 class PromptTuningExecutor(Executor):
     """Prompt tuning (Lester et al.): ``num_virtual_tokens`` trained embeddings prepended to the input."""
+
+    method = "prompt_tuning"
 
     peft_config_class = "PromptTuningConfig"
     can_merge = False

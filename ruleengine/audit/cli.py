@@ -17,12 +17,14 @@ from typing import Any, TypeVar
 
 import click
 
+from ..exitcodes import ExitCode
 from . import ENV_DB, default_db_path, open_store
 from .records import summarize, verify_jsonl, write_jsonl
 from .replay import ReplayResult, outcome, replay_records
 from .store import AuditError, RecordFilter, VerifyReport
 
-EXIT_OK, EXIT_DIFFERENT, EXIT_INPUT, EXIT_POLICY, EXIT_INTERNAL, EXIT_TAMPERED = 0, 1, 2, 3, 4, 6
+EXIT_OK, EXIT_DIFFERENT, EXIT_INPUT = ExitCode.OK, ExitCode.REPLAY_DIFFERS, ExitCode.BAD_INPUT
+EXIT_POLICY, EXIT_INTERNAL, EXIT_TAMPERED = ExitCode.BAD_POLICY, ExitCode.INTERNAL, ExitCode.TAMPERED
 F = TypeVar("F", bound=Callable[..., Any])
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -280,7 +282,7 @@ def render_explanation_fallback(decision: dict) -> str:
 def explain_decision(decision: dict) -> str:
     """Return the explanation text: ``ruleengine.explain.render_explanation`` when available, else the fallback."""
     try:
-        from ..explain import render_explanation
+        from ..render import render_explanation
     except ImportError:
         return render_explanation_fallback(decision)
     try:
@@ -298,14 +300,16 @@ def recorded_counterfactuals(store: Any, record: dict) -> list[dict] | None:
     no longer reaches the recorded verdict (then counterfactuals of the record cannot be given).
     """
     from ..diagnostics import DiagnosticError
-    from ..engine import decide
+    from ..evaluate import evaluator_for
+    from ..pipeline import decide
     from .replay import snapshot_policy
 
     old = record.get("decision") or {}
     try:
         policy = snapshot_policy(store, record["policy"]["sha256"])
         content = (((old.get("facts") or {}).get("normalized") or {}).get("model") or {}).get("config_content")
-        new = decide(policy, (old.get("facts") or {}).get("given") or {}, explain=True, model_config=content)
+        new = decide(evaluator_for(policy), (old.get("facts") or {}).get("given") or {}, explain_all=True,
+                     model_config=content)
     except DiagnosticError:
         return None
     if (new.verdict or {}).get("method") != (old.get("verdict") or {}).get("method") or \
@@ -434,8 +438,8 @@ def replay_cmd(db: str | None, record_id: str | None, all_: bool, policy_path: s
     \b
     decide audit replay ID            re-run ID's facts with its stored policy snapshot and the current
                                       engine: prints `identical` (exit 0) or each difference in verdict,
-                                      feasibility, chosen/matched rules and warnings (exit 1)
-    decide audit replay --all         the same for every record; exit 1 if any differs
+                                      feasibility, chosen/matched rules and warnings (exit 8)
+    decide audit replay --all         the same for every record; exit 8 if any differs
     decide audit replay --all --policy NEW
                                       which past decisions policy NEW would change: a table of
                                       id, old method/rank -> new, plus counts (exit 0; 3 if NEW is invalid)

@@ -160,14 +160,15 @@ def replay_decision(record: dict, policy: Any) -> ReplayResult:
     exceptions (engine bugs) propagate.
     """
     from ..diagnostics import DiagnosticError
-    from ..engine import decide
+    from ..evaluate import evaluator_for
+    from ..pipeline import decide
 
     old = record.get("decision") or {}
     base: dict[str, Any] = {"record_id": str(record.get("id")), "seq": record.get("seq"), "old": old,
             "versions_then": record.get("versions") or {}, "versions_now": dict(runtime_versions())}
     try:
         content = (((old.get("facts") or {}).get("normalized") or {}).get("model") or {}).get("config_content")
-        new = decide(policy, _facts_given(record), model_config=content).to_dict()
+        new = decide(evaluator_for(policy), _facts_given(record), model_config=content).to_dict()
     except DiagnosticError as exc:
         return ReplayResult(status="error", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                             **base)

@@ -287,22 +287,21 @@ def _gaps(c: _Ctx) -> None:
 
 def _gap_example(c: _Ctx, box: Box) -> tuple[dict, bool]:
     """Return an example fact set in the gap and whether evaluating the policy confirms no rule holds."""
-    from ..conditions import evaluate
-
     point = c.space.point(box)
     example = example_facts(c.policy, point)
     if c.probe is None:
         return example, False
-    from ..derive import derive
+    from ..evaluate import evaluator_for
     from ..facts import FactsError
 
+    evaluator = evaluator_for(c.policy)
     tries = [example] + [example_facts(c.policy, {**point, "model.params": p}) for p in MODEL_GRID]
     for facts in tries:
         try:
-            flat = derive(c.policy, c.probe.normalized(facts)).flat
+            flat = evaluator.derive(c.probe.normalized(facts)).flat
         except (FactsError, ValueError):
             continue
-        if not any(evaluate(i.rule.when, flat) for i in c.analysis.select):
+        if not any(rule.check(flat) is None for rule in evaluator.select):
             return facts, True
     return example, False
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..diagnostics import Diagnostic, Location
 from .analysis import facts_text
-from .grid import Grid, GridCache, GridEvaluator, Outcome, build_grid, point_facts, point_weight
+from .grid import Grid, GridEvaluator, Outcome, build_grid, point_facts, point_weight
 from .versions import parse_version
 
 SECTIONS = ("settings", "memory", "cost", "defaults")
@@ -204,13 +204,12 @@ def _kind(a: Outcome, b: Outcome) -> str | None:
 def semantic_impact(old: Any, new: Any, grid: Grid | None = None, max_examples: int = 8) -> Impact:
     """Evaluate both policies on the grid and return the weighted flip counts, transitions and examples.
 
-    Raises GridMismatch (exit 4) if the fast evaluator disagrees with evaluate_policy on a spot check.
+    Raises GridMismatch (exit 4) if the grid evaluation disagrees with a full decision on a spot check.
     """
     t0 = time.perf_counter()
     grid = grid or build_grid([old, new])
-    cache = GridCache()
-    a = GridEvaluator(old).outcomes(grid, cache=cache)
-    b = GridEvaluator(new).outcomes(grid, cache=cache)
+    a = GridEvaluator(old).outcomes(grid)
+    b = GridEvaluator(new).outcomes(grid)
     impact = Impact(grid)
     seen_transitions: set = set()
     for key, oa in a.items():

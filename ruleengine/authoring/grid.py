@@ -1,13 +1,12 @@
-"""Representative grids of fact sets and a fast evaluator over them (for `decide diff`).
+"""Representative grids of fact sets and the policy's outcome at each point (for `decide diff`).
 
 The grid crosses *memory* dimensions (model size, GPU, GPU count, use case: they change the
 derived facts and every candidate's memory estimate) with *rule-only* dimensions (data size,
-shift, quality, serving facts: they only change the values conditions read). The evaluator
-derives once per memory point (``ruleengine.derive.derive``) and re-evaluates the conditions
-for every rule-only combination, patching the few derived values that follow from them
-(``data.tokens_total``, ``serving.unmerged_gpu_hours_per_day``). A random sample of grid points
-is re-decided from scratch with ``evaluate_policy(..., use_engine=False)`` and must agree,
-or ``GridMismatch`` is raised.
+shift, quality, serving facts: they only change the values conditions read). Every point is
+decided by the decision core's own evaluator (``Evaluator.choose``): its derivation cache resolves
+candidates once per memory point, so rule-only points cost only the rule checks, and every
+derived fact comes from ``ruleengine.derive`` (no second copy). A random sample of grid points is
+re-decided as full decisions through durable-rules and must agree, or ``GridMismatch`` is raised.
 
 GPUs that no condition names and that have the same memory and bf16 in both policies decide
 identically; one of them is evaluated and its outcome counted for each (``weight``).
@@ -17,11 +16,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..conditions import All, AnyOf, Cmp, Condition, Not, comparisons
 from ..vocabulary import GIVEN, QUALITIES, SHIFTS
 from .analysis import MODEL_GRID, analyse
 from .intervals import INF
@@ -59,44 +56,6 @@ class Outcome:
         if not self.feasible:
             return "infeasible"
         return f"{self.method} r={self.rank}" if self.rank else str(self.method)
-
-
-def compile_predicate(cond: Condition) -> Callable[[dict], bool]:
-    """Return a fast function equivalent to ``conditions.evaluate(cond, flat)``.
-
-    The condition is translated into one Python expression over ``f`` (the flat facts), with
-    literal values written by ``repr``; the operators are Python's, as in ``conditions.compare``.
-    """
-    source = _expr(cond)
-    return eval(f"lambda f: {source}", {"__builtins__": {}}, {})  # noqa: S307 - built from literals only
-
-
-_PY_OPS = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "in", "not_in": "not in"}
-
-
-def _expr(cond: Condition) -> str:
-    if isinstance(cond, Cmp):
-        lhs = f"f[{cond.fact!r}]"
-        if cond.other_fact:
-            rhs = f"f[{cond.other_fact!r}]"
-        elif cond.op in ("in", "not_in"):
-            rhs = repr(tuple(_literal(v) for v in cond.value))
-        else:
-            rhs = repr(_literal(cond.value))
-        return f"({lhs} {_PY_OPS[cond.op]} {rhs})"
-    if isinstance(cond, Not):
-        return f"(not {_expr(cond.item)})"
-    if isinstance(cond, All):
-        return "(" + " and ".join(_expr(c) for c in cond.items) + ")" if cond.items else "True"
-    if isinstance(cond, AnyOf):
-        return "(" + " or ".join(_expr(c) for c in cond.items) + ")" if cond.items else "False"
-    raise TypeError(cond)
-
-
-def _literal(v: Any) -> Any:
-    if isinstance(v, (bool, int, float, str)) or v is None:
-        return v
-    raise TypeError(f"unexpected literal {v!r}")
 
 
 def _cells(policies: list[Any], fact: str) -> list[Any]:
@@ -227,150 +186,63 @@ def _given(point: dict[str, Any]) -> dict:
     return facts
 
 
-class _NoRules:
-    """A view of a policy without select rules: ``derive`` on it computes only the shared derived facts."""
+class GridEvaluator:
+    """Evaluates one policy over a grid with the decision core's own evaluator (``Evaluator.choose``).
 
-    select_rules: list = []
-
-    def __init__(self, policy: Any):
-        self._policy = policy
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._policy, name)
-
-
-def _fingerprint(policy: Any, sections: tuple[str, ...]) -> str:
-    import hashlib
-    import json
-
-    data = {s: getattr(policy, s) for s in sections}
-    data["multitask_temperature"] = policy.thresholds.get("multitask_temperature")
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class GridCache:
-    """Derived facts and candidates shared by the evaluators of one grid (old and new policy).
-
-    Entries are keyed by a fingerprint of what they depend on: derived facts by the policy's
-    ``memory``, ``defaults``, ``gpus`` and ``use_cases``; candidates by ``memory``, ``defaults``
-    and ``gpus`` plus the resolved verdict spec, so an edit of rules or thresholds re-uses them.
+    Derived facts and candidates come from the evaluator's derivation cache (one memory point per
+    model, GPU, GPU count and use case), so the rule-only dimensions cost only the rule checks.
     """
 
-    def __init__(self) -> None:
-        self.derived: dict[tuple, Any] = {}
-        self.candidates: dict[tuple, Any] = {}
-        self.normalized: dict[tuple, Any] = {}
-        self.derives = 0
-        self.resolves = 0
-
-
-class GridEvaluator:
-    """Evaluates one policy over a grid: derived facts once per memory point, conditions per rule point."""
-
     def __init__(self, policy: Any):
-        from .analysis import spec_key, verdict_spec
+        from ..evaluate import evaluator_for
 
         self.policy = policy
-        self.select = [(r.id, compile_predicate(r.when)) for r in policy.select_rules]
-        self.specs = {r.id: {uc: verdict_spec(policy, r.then, uc) for uc in policy.use_cases} or
-                      {None: verdict_spec(policy, r.then, None)} for r in policy.select_rules}
-        self.spec_keys = {rid: {uc: spec_key(sp) for uc, sp in per.items()} for rid, per in self.specs.items()}
-        self.flat_fp = _fingerprint(policy, ("memory", "defaults", "gpus", "use_cases"))
-        self.cand_fp = _fingerprint(policy, ("memory", "defaults", "gpus"))
+        self.evaluator = evaluator_for(policy)
         self.evaluations = 0
 
-    def outcomes(self, grid: Grid, spot_checks: int = 20, seed: int = 0,
-                 cache: GridCache | None = None) -> dict[tuple, Outcome]:
+    def outcomes(self, grid: Grid, spot_checks: int = 20, seed: int = 0) -> dict[tuple, Outcome]:
         """Return the outcome at every grid point (keyed by the point's values in axis order).
 
-        ``cache`` may be shared with the evaluator of another policy on the same grid. Raises
-        GridMismatch when a spot check against ``evaluate_policy`` disagrees.
+        Raises GridMismatch when a spot check (a full decision with durable-rules) disagrees.
         """
-        from ..facts import FactsError
+        from ..facts import FactsError, normalize_facts
 
         policy = self.policy
-        cache = cache if cache is not None else GridCache()
         out: dict[tuple, Outcome] = {}
         rule_names = list(grid.rule_axes)
         rule_points = list(itertools.product(*grid.rule_axes.values()))
-        overhead = policy.thresholds.get("unmerged_latency_overhead", 0.05)
-        referenced = {c.fact for r in policy.select_rules for c in comparisons(r.when)} | {
-            c.other_fact for r in policy.select_rules for c in comparisons(r.when) if c.other_fact}
-        patch_tokens = "data.tokens_total" in referenced
-        patch_unmerged = "serving.unmerged_gpu_hours_per_day" in referenced
         mem_names = list(grid.memory_axes)
         first = dict(zip(rule_names, rule_points[0], strict=True))
+        groups = {name.split(".")[0] for name in rule_names}
+        normalized: dict[tuple, Any] = {}
         for mem in itertools.product(*grid.memory_axes.values()):
             mpoint = dict(zip(mem_names, mem, strict=True))
+            nkey = (mpoint.get("task.use_case"), mpoint.get("hardware.gpu"))
             try:
-                facts, flat, cands = self._memory_point(mpoint, first, cache)
+                if nkey not in normalized:
+                    normalized[nkey] = normalize_facts(_given({**mpoint, **first}), policy)
+                base = normalized[nkey]
+                facts = {**base, "model": {**base["model"], "params": float(mpoint["model.params"])},
+                         "hardware": {**base["hardware"], "gpu_count": int(mpoint["hardware.gpu_count"])}}
+                self.evaluator.derive(facts)
             except (FactsError, ValueError) as exc:
                 bad = Outcome(False, error=exc.diagnostics[0].code if isinstance(exc, FactsError) else type(exc).__name__)
                 for rp in rule_points:
                     out[mem + rp] = bad
                 continue
-            live = [(rid, pred) for rid, pred in self.select if cands[rid].fits]
-            chosen_outcome = {rid: Outcome(True, cands[rid].method, cands[rid].rank, rid) for rid, _ in live}
-            infeasible = Outcome(False)
-            avg_tokens = float(facts["data"]["avg_tokens"])
             for rp in rule_points:
+                point = {g: dict(facts[g]) for g in groups}
                 for name, value in zip(rule_names, rp, strict=True):
-                    flat[name] = value
-                if patch_tokens:
-                    flat["data.tokens_total"] = float(flat["data.examples"]) * avg_tokens
-                if patch_unmerged:
-                    flat["serving.unmerged_gpu_hours_per_day"] = (float(flat["serving.requests_per_day"])
-                                                                  * float(flat["serving.avg_latency_ms"]) / 1000.0
-                                                                  * overhead / 3600.0)
-                result = infeasible
-                for rid, pred in live:
-                    if pred(flat):
-                        result = chosen_outcome[rid]
-                        break
-                out[mem + rp] = result
+                    group, key = name.split(".")
+                    point[group][key] = value
+                rule, cand = self.evaluator.choose({**facts, **point})
+                out[mem + rp] = Outcome(True, cand.method, cand.rank, rule) if cand else Outcome(False)
             self.evaluations += len(rule_points)
         self._spot_check(grid, out, spot_checks, seed)
         return out
 
-    def _memory_point(self, mpoint: dict, first_rule_point: dict, cache: GridCache) -> tuple[dict, dict, dict]:
-        """Return (normalized facts, flat derived facts, candidate per select rule) of one memory point."""
-        from ..derive import derive, resolve_candidate
-        from ..facts import normalize_facts
-
-        policy = self.policy
-        uc = mpoint.get("task.use_case")
-        nkey = (self.flat_fp, uc, mpoint.get("hardware.gpu"))
-        if nkey not in cache.normalized:
-            cache.normalized[nkey] = normalize_facts(_given({**mpoint, **first_rule_point}), policy)
-        base = cache.normalized[nkey]
-        params, count = float(mpoint["model.params"]), int(mpoint["hardware.gpu_count"])
-        facts = {**base, "model": {**base["model"], "params": params},
-                 "hardware": {**base["hardware"], "gpu_count": count}}
-        # derived facts shared by every use case: derive on the policy without its select rules
-        dkey = (self.flat_fp, params, mpoint.get("hardware.gpu"), count)
-        if dkey not in cache.derived:
-            cache.derived[dkey] = derive(_NoRules(policy), facts)
-            cache.derives += 1
-        derived = cache.derived[dkey]
-        flat = dict(derived.flat)
-        row = policy.use_cases.get(uc, {})
-        flat["task.use_case"] = uc
-        flat["use_case.method"] = row.get("method", "lora")
-        flat["use_case.rank"] = int(row.get("rank") or 0)
-        cands = {}
-        for rid in self.specs:
-            spec_uc = uc if uc in self.specs[rid] else None
-            ckey = (self.cand_fp, params, mpoint.get("hardware.gpu"), count, self.spec_keys[rid][spec_uc])
-            if ckey not in cache.candidates:
-                cache.candidates[ckey] = resolve_candidate(policy, self.specs[rid][spec_uc], facts, derived.arch,
-                                                           derived.gpu, derived.constants, derived.usable_gb)
-                cache.resolves += 1
-            cands[rid] = cache.candidates[ckey]
-        return facts, flat, cands
-
     def _spot_check(self, grid: Grid, out: dict[tuple, Outcome], n: int, seed: int) -> None:
-        from ..engine import evaluate_policy
-        from ..facts import FactsError, normalize_facts
+        from ..facts import FactsError
 
         keys = list(out)
         rng = random.Random(seed)
@@ -381,13 +253,20 @@ class GridEvaluator:
                 continue
             given = _given(dict(zip(names, key, strict=False)))
             try:
-                ev = evaluate_policy(self.policy, normalize_facts(given, self.policy), use_engine=False)
+                ev = self.evaluator.evaluate(normalize(self.policy, given))
             except FactsError as exc:
                 raise GridMismatch(f"grid point {given} rejected on re-evaluation: {exc}") from None
             c = ev.candidate
             got = Outcome(True, c.method, c.rank, ev.chosen) if c else Outcome(False)
             if got != expected:
-                raise GridMismatch(f"grid evaluator chose {expected} but evaluate_policy chose {got} for {given}")
+                raise GridMismatch(f"grid evaluator chose {expected} but the full decision chose {got} for {given}")
+
+
+def normalize(policy: Any, given: dict) -> dict:
+    """Return the normalized facts of a grid point's given facts. Raises FactsError."""
+    from ..facts import normalize_facts
+
+    return normalize_facts(given, policy)
 
 
 def point_facts(grid: Grid, key: tuple) -> dict:

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import methods
 from ..diagnostics import Diagnostic, DiagnosticError, Location
 from ..units import format_count, parse_count
 from ..vocabulary import GIVEN, METHODS
@@ -32,10 +33,6 @@ NUMERIC_AXES: dict[str, tuple[float, float, bool, bool]] = {
     "serving.adapters": (1, 1000, True, True),
     "training.micro_batch_size": (1, 64, True, True),
     "training.seq_len": (128, 32768, True, True),
-}
-METHOD_COLOURS = {
-    "full_ft": "#d62728", "lora": "#1f77b4", "qlora": "#17becf", "dora": "#9467bd", "ia3": "#2ca02c",
-    "prompt_tuning": "#bcbd22", "prefix_tuning": "#8c564b", "adapter": "#e377c2", "adalora": "#ff7f0e",
 }
 INFEASIBLE_COLOUR = "#d9d9d9"
 INVALID_COLOUR = "#ffffff"
@@ -135,10 +132,11 @@ def compute_map(policy: Any, given: dict, x: Axis, y: Axis) -> MapData:
     Fixed facts come from ``given`` (plus a 7B model, an 80 GiB GPU and 50k examples where not
     given). Raises FactsError when the fixed facts are invalid.
     """
-    from ..engine import evaluate_policy
+    from ..evaluate import evaluator_for
     from ..facts import FactsError, normalize_facts
     from .grid import Outcome
 
+    evaluator = evaluator_for(policy)
     base = _given_defaults(given, (x, y))
     cells: list[list[Any]] = []
     normalized: dict[tuple, Any] = {}
@@ -171,12 +169,11 @@ def compute_map(policy: Any, given: dict, x: Axis, y: Axis) -> MapData:
                     _set(facts, a.fact, float(v) if GIVEN[a.fact].kind == "number" and a.fact != "data.examples"
                          else int(v))
             try:
-                ev = evaluate_policy(policy, facts, use_engine=False)
+                rule, c = evaluator.choose(facts)
             except (FactsError, ValueError) as exc:
                 row.append(Outcome(False, error=type(exc).__name__))
                 continue
-            c = ev.candidate
-            row.append(Outcome(True, c.method, c.rank, ev.chosen) if c else Outcome(False))
+            row.append(Outcome(True, c.method, c.rank, rule) if c else Outcome(False))
         cells.append(row)
     return MapData(policy, x, y, cells, base)
 
@@ -240,7 +237,7 @@ def render_map(data: MapData, out: str, title: str = "", changed: list[list[bool
     from matplotlib.patches import Patch
 
     x, y, cells = data.x, data.y, data.cells
-    palette = [INFEASIBLE_COLOUR, INVALID_COLOUR] + [METHOD_COLOURS[m] for m in METHODS]
+    palette = [INFEASIBLE_COLOUR, INVALID_COLOUR] + [methods.get(m).colour for m in METHODS]
     index = {"infeasible": 0, "invalid": 1, **{m: k + 2 for k, m in enumerate(METHODS)}}
 
     def code(o: Any) -> int:
@@ -287,7 +284,7 @@ def render_map(data: MapData, out: str, title: str = "", changed: list[list[bool
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: _fmt_tick(y.fact, v)))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     present = {o.method for row in cells for o in row if o.feasible}
-    handles = [Patch(facecolor=METHOD_COLOURS[m], label=m) for m in METHODS if m in present]
+    handles = [Patch(facecolor=methods.get(m).colour, label=m) for m in METHODS if m in present]
     if any(not o.feasible and not o.error for row in cells for o in row):
         handles.append(Patch(facecolor=INFEASIBLE_COLOUR, hatch="xx", edgecolor="#8c8c8c", label="infeasible"))
     if any(o.error for row in cells for o in row):

@@ -203,10 +203,10 @@ def run_case(policy: Any, case: Case) -> CaseResult:
 
     A case whose facts are rejected (FactsError) is returned with ``error`` set, never raised.
     """
-    from ..engine import decide
+    from .. import api
 
     try:
-        decision = decide(policy, case.facts_input(), origin=os.path.dirname(case.file)).to_dict()
+        decision = api.engine_for(policy).decide(case.facts_input(), origin=os.path.dirname(case.file)).to_dict()
     except DiagnosticError as exc:
         return CaseResult(case, error="; ".join(f"{d.location}: {d.message}" for d in exc.diagnostics))
     return CaseResult(case, check_case(case, decision), decision)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..conditions import Condition, to_data
@@ -55,7 +56,7 @@ def snapshot_sha256(snapshot: dict) -> str:
 
 @dataclass
 class Policy:
-    """A loaded, validated and compiled policy."""
+    """A loaded, validated and compiled policy. Treat it as immutable: hashes and rule lists are computed once."""
 
     name: str
     version: str
@@ -76,9 +77,9 @@ class Policy:
     origin: str
     locations: dict[str, Location] = field(default_factory=dict)  # "rules.<id>", "thresholds.<n>", ...
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """Return the content hash of the policy's files (see ``snapshot_sha256``)."""
+        """Return the content hash of the policy's files (see ``snapshot_sha256``); computed once."""
         return snapshot_sha256(self.snapshot())
 
     @property
@@ -90,22 +91,23 @@ class Policy:
         """Return a self-contained copy of the policy source: ``{"root", "files"}``."""
         return {"root": self.root, "files": dict(sorted(self.files.items()))}
 
-    @property
+    @cached_property
     def select_rules(self) -> list[Rule]:
         """Return the select rules in evaluation order (priority, then id)."""
         return [r for r in self.rules if r.kind == "select"]
 
-    @property
+    @cached_property
     def advise_rules(self) -> list[Rule]:
         """Return the advise rules in evaluation order (priority, then id)."""
         return [r for r in self.rules if r.kind == "advise"]
 
     def rule(self, rule_id: str) -> Rule:
         """Return the rule with this id; raises KeyError if there is none."""
-        for r in self.rules:
-            if r.id == rule_id:
-                return r
-        raise KeyError(rule_id)
+        return self._rules_by_id[rule_id]
+
+    @cached_property
+    def _rules_by_id(self) -> dict[str, Rule]:
+        return {r.id: r for r in self.rules}
 
     def semantic_data(self) -> dict:
         """Return the policy's meaning as canonical data: independent of file layout, comments and rule order."""
@@ -116,7 +118,7 @@ class Policy:
             "rules": [r.to_data() for r in sorted(self.rules, key=lambda r: r.id)],
         }
 
-    @property
+    @cached_property
     def semantic_sha256(self) -> str:
         """Return the hash of ``semantic_data()``: equal for policies that decide identically by construction."""
         canonical = json.dumps(self.semantic_data(), sort_keys=True, separators=(",", ":"), default=str)

@@ -77,8 +77,8 @@ def tiny_model(tmp_path_factory) -> str:
 def engine_available() -> bool:
     """Return True when the real decision engine and the bundled default policy load."""
     try:
+        from ruleengine.api import decide
         from ruleengine.derive import derive  # noqa: F401
-        from ruleengine.engine import decide
         from ruleengine.policy import load_policy
 
         decide(load_policy(None), {"model": {"params": "1B"}, "hardware": {"gpu": "a100-80gb"},

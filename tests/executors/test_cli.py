@@ -8,13 +8,13 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from executors.cli import plan_command, tiny_model_command, train_command
+from ruleengine.cli import main
 
 
 def test_plan_refuses_bad_data_with_file_and_line(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"instruction": "hi", "output": "there"}\n{"instruction": "hi", "output": ""}\n')
-    result = CliRunner().invoke(plan_command, ["--model", str(tmp_path), "--data", str(bad), "-o",
+    result = CliRunner().invoke(main, ["plan", "--model", str(tmp_path), "--data", str(bad), "-o",
                                                str(tmp_path / "plan.json")])
     assert result.exit_code == 2
     assert f"{bad}:2:1: error[data-empty-field]: `output` is empty or not a string" in result.output
@@ -24,7 +24,7 @@ def test_plan_refuses_bad_data_with_file_and_line(tmp_path):
 def test_train_refuses_bad_data_and_trains_nothing(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"text": "a"}\n{"messages": [{"role": "user", "content": "q"}]}\n')
-    result = CliRunner().invoke(train_command, ["--model", str(tmp_path), "--data", str(bad), "--output",
+    result = CliRunner().invoke(main, ["train", "--model", str(tmp_path), "--data", str(bad), "--output",
                                                 str(tmp_path / "run")])
     assert result.exit_code == 2
     assert f"{bad}:2:1: error[data-mixed-formats]" in result.output
@@ -32,35 +32,35 @@ def test_train_refuses_bad_data_and_trains_nothing(tmp_path):
 
 
 def test_plan_needs_a_model():
-    result = CliRunner().invoke(plan_command, [])
+    result = CliRunner().invoke(main, ["plan", ])
     assert result.exit_code == 2 and "--model is required" in result.output
 
 
 def test_train_argument_errors(tmp_path):
-    both = CliRunner().invoke(train_command, ["--plan", "p.json", "--model", "m", "--output", str(tmp_path / "o")])
+    both = CliRunner().invoke(main, ["train", "--plan", "p.json", "--model", "m", "--output", str(tmp_path / "o")])
     assert both.exit_code == 2 and "either --plan or --facts/--model/--data" in both.output
-    nothing = CliRunner().invoke(train_command, ["--output", str(tmp_path / "o")])
+    nothing = CliRunner().invoke(main, ["train", "--output", str(tmp_path / "o")])
     assert nothing.exit_code == 2 and "nothing to train" in nothing.output
-    missing = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "nope.json"), "--output", str(tmp_path)])
+    missing = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "nope.json"), "--output", str(tmp_path)])
     assert missing.exit_code == 2 and "no plan at" in missing.output
 
 
 @pytest.mark.train
 def test_make_tiny_model(tmp_path, examples):
-    result = CliRunner().invoke(tiny_model_command, [str(tmp_path / "tiny"), "--vocab-size", "300", "--layers", "1",
+    result = CliRunner().invoke(main, ["make-tiny-model", str(tmp_path / "tiny"), "--vocab-size", "300", "--layers", "1",
                                                      "--corpus", str(examples / "text.jsonl")])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "tiny" / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["vocab_size"] == 300
     assert (tmp_path / "tiny" / "tokenizer.json").is_file() and (tmp_path / "tiny" / "model.safetensors").is_file()
-    bad = CliRunner().invoke(tiny_model_command, [str(tmp_path / "t2"), "--heads", "3"])
+    bad = CliRunner().invoke(main, ["make-tiny-model", str(tmp_path / "t2"), "--heads", "3"])
     assert bad.exit_code == 2 and "num_heads must divide hidden_size" in bad.output
 
 
 @pytest.mark.train
 def test_plan_from_facts_records_the_decision(engine, tiny_model, examples, tmp_path):
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(plan_command, ["--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
+    result = CliRunner().invoke(main, ["plan", "--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
                                                "--data", str(examples / "alpaca.jsonl"), "-o", str(out),
                                                "--no-audit"])
     assert result.exit_code == 0, result.output
@@ -80,7 +80,7 @@ def test_plan_from_facts_records_the_decision(engine, tiny_model, examples, tmp_
                                     "prefix_tuning"])
 def test_method_override_and_the_decisions_trainable_estimate(engine, tiny_model, examples, tmp_path, method):
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(plan_command, ["--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
+    result = CliRunner().invoke(main, ["plan", "--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
                                                "--data", str(examples / "multitask.jsonl"), "--method", method,
                                                "-o", str(out), "--no-audit"])
     assert result.exit_code == 0, result.output
@@ -95,7 +95,7 @@ def test_method_override_and_the_decisions_trainable_estimate(engine, tiny_model
 
 @pytest.mark.train
 def test_adapter_override_is_refused(engine, tiny_model, examples, tmp_path):
-    result = CliRunner().invoke(plan_command, ["--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
+    result = CliRunner().invoke(main, ["plan", "--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
                                                "--data", str(examples / "alpaca.jsonl"), "--method", "adapter",
                                                "--no-audit"])
     assert result.exit_code == 2
@@ -105,7 +105,7 @@ def test_adapter_override_is_refused(engine, tiny_model, examples, tmp_path):
 @pytest.mark.train
 def test_train_from_facts(engine, tiny_model, examples, tmp_path):
     out = tmp_path / "run"
-    result = CliRunner().invoke(train_command, ["--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
+    result = CliRunner().invoke(main, ["train", "--facts", str(examples.parent / "job.yaml"), "--model", tiny_model,
                                                 "--data", str(examples / "alpaca.jsonl"), "--method", "lora",
                                                 "--max-steps", "6", "--learning-rate", "0.02", "--output", str(out),
                                                 "--no-audit", "--no-progress"])

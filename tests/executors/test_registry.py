@@ -10,7 +10,7 @@ import pytest
 
 import executors
 import executors.tiny
-from executors import UnknownMethodError, available_methods, get_executor, register
+from executors import ExecutorMismatch, UnknownMethodError, available_methods, executor_class, get_executor
 from executors.base import Executor
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
@@ -39,12 +39,28 @@ def test_unknown_method_lists_the_registered_ones():
         get_executor("loha")
 
 
-def test_register_refuses_a_second_class_for_a_name():
-    with pytest.raises(ValueError, match="already registered"):
-        @register("lora")
-        class Other(Executor):
-            pass
-    assert type(get_executor("lora")).__name__ == "LoraExecutor"
+def test_each_method_entry_names_its_executor():
+    from ruleengine import methods
+
+    for name, spec in methods.registry().items():
+        cls = executor_class(name)
+        assert f"{cls.__module__}:{cls.__name__}".endswith(spec.executor.split(":")[1])
+        assert cls.method == name
+
+
+def test_an_entry_naming_another_methods_executor_is_refused(monkeypatch):
+    import dataclasses
+
+    from ruleengine import methods
+
+    wrong = dataclasses.replace(methods.get("dora"), executor="executors.lora:LoraExecutor")
+    monkeypatch.setitem(methods.registry(), "dora", wrong)
+    executor_class.cache_clear()
+    try:
+        with pytest.raises(ExecutorMismatch, match="method = 'dora'"):
+            executor_class("dora")
+    finally:
+        executor_class.cache_clear()
 
 
 def test_adapter_method_refuses_with_the_reason():
@@ -53,7 +69,7 @@ def test_adapter_method_refuses_with_the_reason():
 
 
 @pytest.mark.parametrize("module", ["executors", "executors.cli", "executors.plan", "executors.data",
-                                   "executors.decision_bridge", "executors.runner", "executors.manifest",
+                                   "executors.decision_bridge", "executors.runner", "executors.manifest", "executors.registry",
                                    "executors.accelerate_config"])
 def test_importing_does_not_import_the_training_stack(module):
     code = textwrap.dedent(f"""

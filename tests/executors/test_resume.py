@@ -48,7 +48,7 @@ def complete_checkpoint(staging):
 
 
 def test_kill_and_resume(tiny_model, verdict, examples, tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
     data = tmp_path / "train.jsonl"
     shutil.copy(examples / "alpaca.jsonl", data)
@@ -74,10 +74,10 @@ def test_kill_and_resume(tiny_model, verdict, examples, tmp_path):
     assert os.path.isdir(staging) and not os.path.exists(os.path.join(staging, "COMPLETE"))
 
     # without --resume the interrupted run is protected
-    refused = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "plan.json"), "--output", str(out)])
+    refused = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), "--output", str(out)])
     assert refused.exit_code == 2 and "pass --resume" in refused.output
 
-    result = CliRunner().invoke(train_command, ["--output", str(out), "--resume", "--no-progress"])
+    result = CliRunner().invoke(main, ["train", "--output", str(out), "--resume", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.output and "run complete" in result.output
     assert (out / "COMPLETE").is_file() and not os.path.exists(staging)
@@ -91,7 +91,7 @@ def test_kill_and_resume(tiny_model, verdict, examples, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert plan["plan_sha256"] == manifest["plan_sha256"]
 
-    again = CliRunner().invoke(train_command, ["--output", str(out), "--resume"])
+    again = CliRunner().invoke(main, ["train", "--output", str(out), "--resume"])
     assert again.exit_code == 0 and "is complete" in again.output
 
 
@@ -108,50 +108,50 @@ def staged(verdict, tiny_model, examples, tmp_path, **options):
 
 
 def test_resume_refuses_when_data_changed(tiny_model, verdict, examples, tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
     _plan, out, data = staged(verdict, tiny_model, examples, tmp_path)
     with data.open("a") as fh:
         fh.write('{"instruction": "new", "output": "row"}\n')
-    result = CliRunner().invoke(train_command, ["--output", str(out), "--resume"])
+    result = CliRunner().invoke(main, ["train", "--output", str(out), "--resume"])
     assert result.exit_code == 2
     assert f"error[run-data-changed]: data file {data} changed since the plan was made" in result.output
     assert not out.exists()
 
 
 def test_resume_refuses_a_different_plan(tiny_model, verdict, examples, tmp_path):
-    from executors.cli import train_command
     from executors.plan import build_plan
     from executors.plan import write_plan as write
+    from ruleengine.cli import main
 
     plan, out, data = staged(verdict, tiny_model, examples, tmp_path)
     other = build_plan(verdict("lora", rank=4), model_path=tiny_model, data_files=[str(data)], device=CPU,
                        options=PlanOptions(max_steps=3))
     write(other, str(tmp_path / "other.json"))
-    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "other.json"), "--output", str(out),
+    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "other.json"), "--output", str(out),
                                                 "--resume"])
     assert result.exit_code == 2 and "run-plan-changed" in result.output
-    same = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "plan.json"), "--output", str(out),
+    same = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "plan.json"), "--output", str(out),
                                               "--resume", "--no-progress"])
     assert same.exit_code == 0, same.output
 
 
 def test_resume_with_nothing_to_resume(tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
-    result = CliRunner().invoke(train_command, ["--output", str(tmp_path / "none"), "--resume"])
+    result = CliRunner().invoke(main, ["train", "--output", str(tmp_path / "none"), "--resume"])
     assert result.exit_code == 2 and "nothing to resume" in result.output
 
 
 def test_complete_output_is_not_overwritten(tiny_model, verdict, examples, tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
     write_plan(verdict("ia3"), tiny_model, [str(examples / "alpaca.jsonl")], tmp_path / "p.json", max_steps=2)
     args = ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r"), "--no-progress"]
-    assert CliRunner().invoke(train_command, args).exit_code == 0
-    second = CliRunner().invoke(train_command, args)
+    assert CliRunner().invoke(main, ["train", *args]).exit_code == 0
+    second = CliRunner().invoke(main, ["train", *args])
     assert second.exit_code == 2 and "already holds a complete run" in second.output
-    assert CliRunner().invoke(train_command, [*args, "--overwrite"]).exit_code == 0
+    assert CliRunner().invoke(main, ["train", *args, "--overwrite"]).exit_code == 0
 
 
 def test_incomplete_checkpoints_are_discarded(tmp_path):
@@ -171,11 +171,11 @@ def test_incomplete_checkpoints_are_discarded(tmp_path):
 
 
 def test_multi_gpu_plan_writes_accelerate_config_and_prints_the_command(tiny_model, verdict, examples, tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
     write_plan(verdict("lora", training={"gpu_count": 2, "sharding": "zero3_offload"}), tiny_model,
                [str(examples / "alpaca.jsonl")], tmp_path / "p.json", max_steps=2)
-    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     staging = tmp_path / "r.partial"
     config = (staging / "accelerate_config.yaml").read_text()
@@ -192,9 +192,9 @@ def test_multi_gpu_plan_writes_accelerate_config_and_prints_the_command(tiny_mod
 
 
 def test_a_plan_without_data_is_refused_before_anything_is_written(tiny_model, verdict, tmp_path):
-    from executors.cli import train_command
+    from ruleengine.cli import main
 
     write_plan(verdict("lora"), tiny_model, None, tmp_path / "p.json", max_steps=2)
-    result = CliRunner().invoke(train_command, ["--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r")])
     assert result.exit_code == 2 and "run-no-data" in result.output
     assert not (tmp_path / "r.partial").exists()

@@ -9,7 +9,7 @@ import pytest
 from ruleengine.architecture import load_hf_config
 from ruleengine.cost import CostConstants, estimate_cost
 from ruleengine.memory import MethodConfig, TrainingSetup
-from ruleengine.trainable import trainable_params
+from ruleengine.methods import trainable_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 C = CostConstants.from_policy(None)

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from ruleengine.architecture import infer_from_params, load_hf_config
 from ruleengine.memory import (
     GIB,
-    METHODS,
     MemoryConstants,
     MethodConfig,
     TrainingSetup,
@@ -28,6 +27,7 @@ from ruleengine.memory import (
     estimate,
     usable_gib,
 )
+from ruleengine.vocabulary import METHODS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 TOLERANCE = 0.15

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from ruleengine.authoring.testing import load_cases, run_case, test_files
-from ruleengine.cli import discover_policies
+from ruleengine.cli.policy import discover_policies
 from ruleengine.paths import POLICIES_DIR
 from ruleengine.policy import load_policy
 

@@ -15,10 +15,11 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from ruleengine.cli import discover_policies
+from ruleengine.api import decide
+from ruleengine.cli.policy import discover_policies
 from ruleengine.derive import derive
 from ruleengine.diagnostics import DiagnosticError
-from ruleengine.engine import decide, evaluate_policy
+from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import FactsError, normalize_facts
 from ruleengine.paths import POLICIES_DIR
 from ruleengine.policy import PolicyError, load_policy, load_policy_files
@@ -85,7 +86,7 @@ def test_totality_safety_and_reference_agreement(name, data, reference_evaluator
     decision = decide(policy, copy.deepcopy(given_facts))
     assert decision.feasible == (decision.verdict is not None) == (decision.chosen_rule is not None)
     if decision.feasible:
-        ev = evaluate_policy(policy, normalize_facts(copy.deepcopy(given_facts), policy), use_engine=False)
+        ev = evaluator_for(policy).evaluate(normalize_facts(copy.deepcopy(given_facts), policy), use_engine=False)
         assert ev.candidate is not None and ev.chosen == decision.chosen_rule
         assert ev.candidate.estimate.total_gib <= ev.candidate.usable_gb + 1e-9
     else:
@@ -295,7 +296,7 @@ def test_valid_facts_with_junk_fields_decide_or_fail_cleanly(name, data, junk):
     policy = POLICIES[name]
     given_facts = {**data.draw(facts_for(policy)), **junk}
     try:
-        ev = evaluate_policy(policy, normalize_facts(given_facts, policy), use_engine=False)
+        ev = evaluator_for(policy).evaluate(normalize_facts(given_facts, policy), use_engine=False)
     except DiagnosticError as exc:
         assert exc.diagnostics
         return

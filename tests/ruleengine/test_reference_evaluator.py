@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ruleengine.api import decide
 from ruleengine.authoring.testing import load_cases, test_files
-from ruleengine.engine import decide
 from ruleengine.paths import DEFAULT_POLICY
 from ruleengine.policy import load_policy, load_policy_files
 

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from ruleengine.api import engine_for
 from ruleengine.policy import load_policy
 from ruleengine.service import MAX_BODY, DecisionService, make_server
 
@@ -28,7 +29,7 @@ def policy():
 @pytest.fixture
 def server(policy, tmp_path):
     db = str(tmp_path / "audit.sqlite3")
-    srv = make_server(DecisionService(policy, audit=True, audit_db=db), "127.0.0.1", 0)
+    srv = make_server(DecisionService(engine_for(policy), audit=True, audit_db=db), "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     host, port = srv.server_address[:2]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from ruleengine.architecture import from_hf_config, load_hf_config
-from ruleengine.trainable import resolve_targets, trainable_params
+from ruleengine.methods import trainable_params
+from ruleengine.trainable import resolve_targets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 PEFT_MODELS = ("llama-2-7b", "llama-3-8b", "mistral-7b-v0.1")

@@ -176,14 +176,14 @@ class FakePolicy:
 
 @pytest.fixture
 def fake_engine(monkeypatch, make_decision, plan):
-    """Install a stand-in `ruleengine.engine` and snapshot loader; returns a setter for the snapshot policy."""
+    """Install a stand-in decision pipeline and snapshot loader; returns a setter for the snapshot policy."""
     from ruleengine.audit import replay as replay_mod
     from ruleengine.facts import FactsError
 
     table = {use_case: (method, rank) for method, rank, use_case in plan}
     state = {"snapshot_policy": FakePolicy()}
 
-    def decide(policy, given, model_config=None):
+    def decide(policy, given, model_config=None, **_kwargs):
         use_case = given["task"]["use_case"]
         if use_case in policy.fail:
             from ruleengine.diagnostics import Diagnostic
@@ -193,9 +193,10 @@ def fake_engine(monkeypatch, make_decision, plan):
         d = make_decision(method, rank, use_case=use_case)
         return types.SimpleNamespace(to_dict=lambda: d)
 
-    engine = types.ModuleType("ruleengine.engine")
-    engine.decide = decide  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ruleengine.engine", engine)
+    from ruleengine import evaluate, pipeline
+
+    monkeypatch.setattr(pipeline, "decide", decide)
+    monkeypatch.setattr(evaluate, "evaluator_for", lambda policy: policy)
     monkeypatch.setattr(replay_mod, "snapshot_policy", lambda store, sha: state["snapshot_policy"])
 
     def set_snapshot_policy(policy: FakePolicy) -> None:
@@ -217,14 +218,14 @@ def test_replay_different(filled, run, fake_engine):
     path, ids = filled
     fake_engine(FakePolicy(overrides={"domain_qa": ("lora", 32), "style_tone": ("qlora", 16)}))
     res = run("replay", ids[0], "--db", path)
-    assert res.exit_code == 1
+    assert res.exit_code == 8
     assert f"different: {ids[0]}: lora r16 -> lora r32" in res.stdout
     assert "verdict.rank: 16 -> 32" in res.stdout and "verdict.alpha: 32 -> 64" in res.stdout
     data = json.loads(run("replay", ids[0], "--db", path, "--format", "json").stdout)
     assert data["status"] == "different" and {"path": "verdict.rank", "kind": "changed", "old": 16, "new": 32} \
         in data["differences"]
     res = run("replay", "--all", "--db", path)
-    assert res.exit_code == 1
+    assert res.exit_code == 8
     assert "6 identical, 2 different, 0 error(s) of 8 record(s)" in res.stdout
     # the infeasible style_tone record became feasible: feasibility, verdict, rules and warnings all differ
     chat_infeasible = ids[4]
@@ -237,7 +238,7 @@ def test_replay_error_is_reported(filled, run, fake_engine):
     path, ids = filled
     fake_engine(FakePolicy(fail={"domain_qa"}))
     res = run("replay", ids[0], "--db", path)
-    assert res.exit_code == 1 and "cannot re-evaluate" in res.stdout and "unknown use case" in res.stdout
+    assert res.exit_code == 8 and "cannot re-evaluate" in res.stdout and "unknown use case" in res.stdout
 
 
 def test_replay_what_if_new_policy(filled, run, fake_engine, monkeypatch, tmp_path):

@@ -28,7 +28,7 @@ INFEASIBLE_FACTS = {"model": {"params": "70B"}, "hardware": {"gpu": "t4-16gb", "
 def engine():
     """(decide, default policy), or skip while the engine cannot be imported yet."""
     try:
-        from ruleengine.engine import decide
+        from ruleengine.api import decide
         from ruleengine.policy import load_policy
 
         policy = load_policy(None)

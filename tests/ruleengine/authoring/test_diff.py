@@ -19,7 +19,7 @@ from ruleengine.authoring.diff import (
 )
 from ruleengine.authoring.grid import GridEvaluator, build_grid, point_facts
 from ruleengine.cli import main
-from ruleengine.engine import evaluate_policy
+from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import normalize_facts
 from ruleengine.policy import load_policy
 
@@ -125,7 +125,7 @@ def test_rule_and_table_changes_are_listed(edited):
                                                        for t in data["impact"]["transitions"]]
 
 
-def test_grid_evaluator_agrees_with_evaluate_policy():
+def test_grid_evaluator_agrees_with_the_evaluator():
     policy = load_policy(str(DEFAULT))
     grid = build_grid([policy], models=(1.1e9, 13e9, 70e9), counts=(1, 8))
     outcomes = GridEvaluator(policy).outcomes(grid, spot_checks=0)
@@ -133,7 +133,7 @@ def test_grid_evaluator_agrees_with_evaluate_policy():
     assert len(keys) > 40
     for key in keys:
         facts = normalize_facts(point_facts(grid, key), policy)
-        ev = evaluate_policy(policy, facts, use_engine=False)
+        ev = evaluator_for(policy).evaluate(facts, use_engine=False)
         got = outcomes[key]
         assert got.rule == ev.chosen and got.feasible == (ev.candidate is not None)
         if ev.candidate:

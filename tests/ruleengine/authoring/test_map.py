@@ -7,9 +7,9 @@ import sys
 
 from click.testing import CliRunner
 
+from ruleengine.api import decide
 from ruleengine.authoring.mapplot import compute_map, make_axis
 from ruleengine.cli import main
-from ruleengine.engine import decide
 from ruleengine.policy import load_policy
 
 from .conftest import REPO

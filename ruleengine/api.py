@@ -1,0 +1,212 @@
+"""The decision API: everything the CLI, the HTTP service, the executors and the authoring tools use.
+
+    engine = api.open_policy(path_or_None)        # compile once (None = the bundled default policy)
+    decision = engine.decide(facts)               # -> Decision (verdict, candidate, estimates, trace)
+    decision = engine.decide(facts, explain=True) # + counterfactuals
+    table = engine.estimate(facts)                # memory / trainable / cost per method, no rules
+    for item in engine.decide_many(lines): ...    # batches, one result per input, order kept
+    api.record(decision, engine)                  # append to the audit trail
+
+The pipeline under it runs one way: policy -> compile -> derive -> evaluate (typed trace events) ->
+explain (filters over the trace) -> record; what-if searches (suggestions, counterfactuals) sit
+above the evaluator. Every error is a ``DiagnosticError`` (or ``EngineDisagreement``) carrying its
+exit code (ruleengine/exitcodes.py); nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from . import pipeline
+from .decision import Decision, new_decision_id
+from .diagnostics import Diagnostic, DiagnosticError, Location
+from .evaluate import Evaluator, evaluator_for
+from .exitcodes import ExitCode
+from .facts import FactsInput
+from .policy import Policy, load_policy
+
+__all__ = ["AuditWriteError", "BatchItem", "PolicyEngine", "decide", "engine_for", "load_policy", "open_policy",
+           "record"]
+
+
+class AuditWriteError(DiagnosticError):
+    """The decision could not be appended to the audit store (exit 7)."""
+
+    exit_code = ExitCode.AUDIT_WRITE
+
+
+class PolicyEngine:
+    """One compiled policy and its decision memo: decide, explain, estimate, batch.
+
+    The memo keeps recent decisions keyed by the canonical given facts (the policy's content hash is
+    part of the engine, so a new policy never sees old entries); a hit returns a new Decision (its
+    own id, time and metrics) with the same content. Facts naming a model config *file* bypass the
+    memo, since the file can change. Thread-safe.
+    """
+
+    def __init__(self, policy: Policy, *, memo_size: int = 4096) -> None:
+        self.policy = policy
+        self.evaluator: Evaluator = evaluator_for(policy)
+        self.sha256 = self.evaluator.sha256
+        self.memo_size = memo_size
+        self._memo: OrderedDict[str, Decision] = OrderedDict()
+        self._lock = threading.Lock()
+        self.memo_hits = self.memo_misses = 0
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def decide(self, given: dict | FactsInput, *, origin: str = "", explain: bool = False,
+               model_config: dict | None = None) -> Decision:
+        """Return the Decision for ``given`` facts (a dict or a located ``FactsInput``).
+
+        ``origin`` is the directory relative paths in the facts (``model.config``) are read from;
+        ``model_config`` gives that config's content directly (replay); ``explain`` adds
+        counterfactuals. Raises FactsError (exit 2) for invalid facts and EngineDisagreement (exit 4).
+        """
+        key = self._memo_key(given, explain, model_config)
+        if key is not None:
+            with self._lock:
+                found = self._memo.get(key)
+                if found is not None:
+                    self._memo.move_to_end(key)
+                    self.memo_hits += 1
+            if found is not None:
+                return _fresh(found)
+        decision = pipeline.decide(self.evaluator, given, origin=origin, explain_all=explain,
+                                   model_config=model_config)
+        if key is not None:
+            with self._lock:
+                self.memo_misses += 1
+                self._memo[key] = decision
+                if len(self._memo) > self.memo_size:
+                    self._memo.popitem(last=False)
+        return decision
+
+    def estimate(self, given: dict | FactsInput, *, origin: str = "") -> dict:
+        """Return memory, trainable parameters and cost per method (no rules). Raises FactsError."""
+        return pipeline.estimate(self.evaluator, given, origin=origin)
+
+    def decide_many(self, items: Iterable[dict | FactsInput | DiagnosticError], *,
+                    explain: bool = False) -> Iterator[BatchItem]:
+        """Yield one BatchItem per input, in order: its Decision, or the error that input raised.
+
+        An input may already be a DiagnosticError (a line that did not parse): it is passed through,
+        so one bad line never stops a batch. EngineDisagreement still propagates (a bug).
+        """
+        for index, item in enumerate(items):
+            if isinstance(item, DiagnosticError):
+                yield BatchItem(index, None, item)
+                continue
+            try:
+                yield BatchItem(index, self.decide(item, explain=explain), None)
+            except DiagnosticError as exc:
+                yield BatchItem(index, None, exc)
+
+    def _memo_key(self, given: dict | FactsInput, explain: bool, model_config: dict | None) -> str | None:
+        if self.memo_size <= 0:
+            return None
+        data = given.data if isinstance(given, FactsInput) else given
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and model.get("config") and model_config is None:
+            return None
+        try:
+            text = json.dumps([data, model_config], sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            return None
+        return f"{int(explain)}{text}"
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One result of a batch: the input's position, and its decision or its error."""
+
+    index: int
+    decision: Decision | None
+    error: DiagnosticError | None
+
+
+def _fresh(decision: Decision) -> Decision:
+    """Return a copy of a memoised decision with its own id, time and metrics (the content is shared)."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    metrics = {**decision.metrics, "memo": True, "total_ms": 0.0}
+    return replace(decision, decision_id=new_decision_id(), created_at=now, metrics=metrics)
+
+
+_ENGINES: dict[tuple[str, int], PolicyEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def open_policy(path: str | os.PathLike | None = None) -> PolicyEngine:
+    """Return the engine of the policy at ``path`` (file or bundle directory; None = the bundled default).
+
+    Compiled engines are reused while the policy's files are unchanged (keyed by path and
+    modification time). Raises PolicyError (exit 3) with every diagnostic found.
+    """
+    from .paths import DEFAULT_POLICY
+
+    target = os.fspath(path) if path is not None else os.fspath(DEFAULT_POLICY)
+    stamp: int
+    try:
+        stamp = max((os.stat(os.path.join(root, f)).st_mtime_ns for root, _, files in os.walk(target) for f in files),
+                    default=os.stat(target).st_mtime_ns) if os.path.isdir(target) else os.stat(target).st_mtime_ns
+    except OSError:
+        stamp = -1  # the loader reports the missing path
+    key = (os.path.abspath(target), stamp)
+    with _ENGINES_LOCK:
+        found = _ENGINES.get(key)
+    if found is not None:
+        return found
+    engine = PolicyEngine(load_policy(path))
+    with _ENGINES_LOCK:
+        return _ENGINES.setdefault(key, engine)
+
+
+_BY_POLICY: OrderedDict[int, PolicyEngine] = OrderedDict()
+
+
+def engine_for(policy: Policy) -> PolicyEngine:
+    """Return the engine of an already compiled policy (e.g. a snapshot from the audit store), made once."""
+    with _ENGINES_LOCK:
+        found = _BY_POLICY.get(id(policy))
+        if found is not None and found.policy is policy:
+            return found
+    engine = PolicyEngine(policy)
+    with _ENGINES_LOCK:
+        _BY_POLICY[id(policy)] = engine
+        if len(_BY_POLICY) > 64:
+            _BY_POLICY.popitem(last=False)
+    return engine
+
+
+def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explain: bool = False,
+           model_config: dict | None = None) -> Decision:
+    """Return the Decision for ``given`` under a compiled ``policy`` (``engine_for(policy).decide``).
+
+    Raises FactsError (exit 2) and EngineDisagreement (exit 4); see ``PolicyEngine.decide``.
+    """
+    return engine_for(policy).decide(given, origin=origin, explain=explain, model_config=model_config)
+
+
+def record(decision: Decision | dict, engine: PolicyEngine, *, audit_db: str | None = None) -> str:
+    """Append ``decision`` (made by ``engine``; a Decision or its ``to_dict()``) to the audit store.
+
+    Returns the record id.
+    ``audit_db`` is the store (default: ``$FINETUNE_POLICY_AUDIT_DB`` or the user's data directory).
+    Raises AuditWriteError (exit 7) naming the store and what to do when it cannot be written.
+    """
+    from .audit import record_decision
+
+    try:
+        data = decision.to_dict() if isinstance(decision, Decision) else decision
+        return str(record_decision(data, engine.policy.snapshot(), engine.sha256, db_path=audit_db))
+    except Exception as exc:  # noqa: BLE001 - any failure of the store is the same answer for the caller
+        raise AuditWriteError([Diagnostic(
+            "audit-write-failed", f"the decision could not be recorded in the audit store: {exc}",
+            Location(audit_db or "$FINETUNE_POLICY_AUDIT_DB"),
+            "fix the store location (--audit-db or FINETUNE_POLICY_AUDIT_DB), or pass --no-audit")]) from None

@@ -1,0 +1,5 @@
+"""``python -m ruleengine.cli``: the `decide` command."""
+
+from .main import main
+
+main()

@@ -1,0 +1,62 @@
+"""The per-method estimate table of a decision: memory breakdown, fit and cost of every method at its defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from typing import Any
+
+from .cost import CostConstants, estimate_cost
+from .derive import Candidate, Derived
+
+
+def architecture_dict(arch: Any) -> dict:
+    """Return the architecture as a plain dict (a new dict each time; the conversion is cached)."""
+    if dataclasses.is_dataclass(arch) and not isinstance(arch, type):
+        return dict(_as_dict(arch))  # type: ignore[arg-type]
+    return dict(arch)
+
+
+@lru_cache(maxsize=1024)
+def _as_dict(arch: Any) -> dict:  # Architecture is a frozen (hashable) dataclass
+    return dataclasses.asdict(arch)
+
+
+def candidate_cost(cost_constants: CostConstants, derived: Derived, cand: Candidate, facts: dict) -> dict | None:
+    """Return the cost (GPU-hours, dollars, ...) of training ``cand``, or None without TFLOP/s or data.
+
+    Cost is linear in the tokens trained, so the cost of one token is computed once per candidate
+    (candidates are shared by every decision at the same memory point) and scaled.
+    """
+    gpu = derived.gpu
+    if not gpu.tflops:
+        return None
+    tokens = float(facts["data"]["examples"]) * float(facts["data"]["avg_tokens"])
+    if tokens <= 0:  # no data given (decide estimate): no cost to state
+        return None
+    unit = cand.cache.get("unit_cost")
+    if unit is None:
+        unit = estimate_cost(derived.arch, cand.method_config(), cand.training_setup(gpu.count), tokens_total=1.0,
+                             epochs=1.0, gpu_tflops=float(gpu.tflops), price_per_hour=float(gpu.price_per_hour or 0.0),
+                             constants=cost_constants, trainable=cand.estimate.trainable_params)
+        cand.cache["unit_cost"] = unit
+    return unit.scaled_dict(tokens * float(cand.training.get("epochs", 1)))
+
+
+def method_estimates(cost_constants: CostConstants, derived: Derived, facts: dict) -> dict[str, dict]:
+    """Return, per method at its default configuration: the memory breakdown, fit, and cost when it fits."""
+    out: dict[str, dict] = {}
+    for method, cand in derived.defaults.items():
+        fixed = cand.cache.get("table_entry")
+        if fixed is None:
+            fixed = {"label": cand.label(), "fits": cand.fits, "usable_gb": round(cand.usable_gb, 3),
+                     "headroom_gb": round(cand.headroom_gb, 3), "sharding": cand.training["sharding"],
+                     "micro_batch_size": cand.training["micro_batch_size"]}
+            cand.cache["table_entry"] = fixed
+        memory = cand.cache.get("memory")
+        if memory is None:
+            memory = cand.cache["memory"] = cand.estimate.to_dict()
+        entry = {**fixed, "memory": {**memory, "notes": list(memory["notes"])}}
+        entry["cost"] = candidate_cost(cost_constants, derived, cand, facts) if cand.fits else None
+        out[method] = entry
+    return out

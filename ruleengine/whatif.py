@@ -1,0 +1,189 @@
+"""What-if searches above the evaluator: suggestions for an infeasible decision and counterfactuals.
+
+Every answer here is a real evaluation of the policy on changed facts (``Evaluator.evaluate`` with
+the plain evaluator, which agrees with durable-rules by construction of every decision); nothing
+below this module calls it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .conditions import comparisons
+from .derive import Candidate
+from .evaluate import Evaluation, Evaluator
+from .facts import FactsError
+from .units import format_count
+from .units import format_value as _fmt
+
+
+def _outcome(evaluator: Evaluator, facts: dict, origin: str) -> tuple[tuple, Candidate | None] | None:
+    """Return (verdict signature, chosen candidate) for hypothetical ``facts``, or None when they are invalid."""
+    try:
+        ev = evaluator.evaluate(facts, origin, use_engine=False)
+    except (FactsError, ValueError, ZeroDivisionError):
+        return None
+    return ev.signature(), ev.candidate
+
+
+def _with(facts: dict, path: str, value: Any) -> dict:
+    out = copy.deepcopy(facts)
+    group, key = path.split(".")
+    out[group][key] = value
+    if path == "model.params":
+        out["model"].pop("config", None)
+    return out
+
+
+def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dict]:
+    """Return what would make an infeasible decision feasible, each re-evaluated under the policy.
+
+    Tries, in order: a larger GPU from the catalog, more GPUs (sharded), ZeRO-3 with CPU offload,
+    a shorter sequence and batch of 1, and the largest model that fits. Never suggests a method
+    that does not fit: every suggestion is a real evaluation of the policy.
+    """
+    policy = evaluator.policy
+    out: list[dict] = []
+    hw = facts["hardware"]
+    count = int(hw.get("gpu_count", 1))
+    for name, spec in sorted(policy.gpus.items(), key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"])):
+        trial = copy.deepcopy(facts)
+        trial["hardware"] = {"gpu": name, "gpu_count": count}
+        res = _outcome(evaluator, trial, origin)
+        if res and res[1] is not None:
+            out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
+                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
+            break
+    for n in (2, 4, 8, 16, 32, 64):
+        if n <= count:
+            continue
+        trial = _with(facts, "hardware.gpu_count", n)
+        res = _outcome(evaluator, trial, origin)
+        if res and res[1] is not None:
+            label = hw.get("gpu") or f"{hw.get('gpu_memory_gb')} GiB GPUs"
+            out.append({"kind": "more-gpus", "facts": {"hardware.gpu_count": n}, "verdict": res[1].label(),
+                        "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
+            break
+    trial = copy.deepcopy(facts)
+    trial.setdefault("training", {})["sharding"] = "zero3_offload"
+    if count > 1:
+        res = _outcome(evaluator, trial, origin)
+        if res and res[1] is not None:
+            out.append({"kind": "zero3-offload", "facts": {"training.sharding": "zero3_offload"},
+                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"with ZeRO-3 and CPU offload on the same GPUs: {res[1].label()} "
+                                f"({res[1].estimate.cpu_offload_gib:.0f} GiB of host RAM per GPU)"})
+    trial = copy.deepcopy(facts)
+    trial.setdefault("training", {}).update({"micro_batch_size": 1, "seq_len": 512, "gradient_checkpointing": True})
+    res = _outcome(evaluator, trial, origin)
+    if res and res[1] is not None:
+        out.append({"kind": "smaller-batch", "facts": {"training.micro_batch_size": 1, "training.seq_len": 512},
+                    "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                    "text": f"with micro_batch_size 1 and seq_len 512: {res[1].label()}"})
+    lo, hi = 1e8, float(facts["model"].get("params") or 0)
+    if hi > lo and (res := _outcome(evaluator, _with(facts, "model.params", lo), origin)) and res[1] is not None:
+        for _ in range(24):
+            mid = (lo * hi) ** 0.5
+            r = _outcome(evaluator, _with(facts, "model.params", mid), origin)
+            if r and r[1] is not None:
+                lo = mid
+            else:
+                hi = mid
+        res = _outcome(evaluator, _with(facts, "model.params", lo), origin)
+        if res and res[1] is not None:
+            out.append({"kind": "smaller-model", "facts": {"model.params": round(lo)}, "verdict": res[1].label(),
+                        "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"a model of at most {format_count(lo)} parameters: {res[1].label()}"})
+    return out
+
+
+_CF_FACTS = {
+    "hardware.gpu_memory_gb": ("GiB of GPU memory", False),
+    "hardware.gpu_count": ("GPUs", True),
+    "data.examples": ("examples", True),
+    "model.params": ("parameters", False),
+}
+
+
+def _threshold_points(policy: Any, fact: str) -> list[float]:
+    points: list[float] = []
+    for rule in policy.select_rules:
+        for cmp in comparisons(rule.when):
+            if cmp.fact == fact and isinstance(cmp.value, (int, float)) and not isinstance(cmp.value, bool):
+                v = float(cmp.value)
+                points.extend([v, v * (1 + 1e-9) + 1e-9, v * (1 - 1e-9) - 1e-9])
+    return points
+
+
+def counterfactuals(evaluator: Evaluator, facts: dict, ev: Evaluation, origin: str = "") -> list[dict]:
+    """Return, per numeric fact and direction, the smallest single change that changes the verdict.
+
+    Each is found by scanning the policy's own thresholds and a geometric grid, then bisecting to
+    the boundary; every reported value is a real evaluation of the policy (plain evaluator).
+    """
+    current_sig = ev.signature()
+    out: list[dict] = []
+    values = {"hardware.gpu_memory_gb": ev.derived.gpu.memory_gb, "hardware.gpu_count": ev.derived.gpu.count,
+              "data.examples": float(facts["data"]["examples"]), "model.params": float(ev.derived.arch.params)}
+    for fact, (unit, integer) in _CF_FACTS.items():
+        if fact == "data.examples" and facts["data"].get("tasks"):
+            continue
+        v0 = values[fact]
+        if v0 <= 0:
+            continue
+        for direction in (1, -1):
+            found = _search(evaluator, facts, origin, fact, v0, direction, integer, current_sig)
+            if found is None:
+                continue
+            value, cand = found
+            delta = value - v0
+            verdict = cand.label() if cand else "infeasible (nothing fits)"
+            shown = _fmt(float(value)) if not integer else str(int(value))
+            text = (f"with {_fmt(abs(delta)) if not integer else int(abs(delta))} {'more' if delta > 0 else 'fewer'} "
+                    f"{unit} ({fact} {_fmt(float(v0)) if not integer else int(v0)} -> {shown}): {verdict}")
+            out.append({"fact": fact, "from": v0, "to": value, "delta": delta, "verdict": verdict,
+                        "method": cand.method if cand else None, "rank": cand.rank if cand else None,
+                        "feasible": cand is not None, "text": text})
+    out.sort(key=lambda c: (abs(c["delta"]) / max(abs(c["from"]), 1e-9)))
+    return out
+
+
+def _search(evaluator: Evaluator, facts: dict, origin: str, fact: str, v0: float, direction: int, integer: bool,
+            sig0: tuple) -> tuple[float, Candidate | None] | None:
+    if integer:
+        grid = [v0 + direction * k for k in range(1, 8)] + [v0 * 2**(direction * k) for k in range(1, 7)]
+    else:
+        grid = [v0 * 1.25 ** (direction * k) for k in range(1, 20)]
+    grid += [p for p in _threshold_points(evaluator.policy, fact) if (p - v0) * direction > 0]
+    grid = sorted({round(g) if integer else g for g in grid if g > 0 and (not integer or g >= 1)},
+                  key=lambda g: abs(g - v0))
+    grid = [g for g in grid if (g - v0) * direction > 0]
+    prev = v0
+    for g in grid:
+        res = _outcome(evaluator, _with(facts, fact, int(g) if integer else g), origin)
+        if res is None:
+            prev = g
+            continue
+        sig, cand = res
+        if sig != sig0:
+            lo, hi = prev, g  # lo keeps sig0, hi flips
+            for _ in range(30 if not integer else 64):
+                if integer and abs(hi - lo) <= 1:
+                    break
+                if not integer and abs(hi - lo) <= max(abs(v0) * 1e-4, 1e-6):
+                    break
+                mid = (lo + hi) / 2 if not integer else round((lo + hi) / 2)
+                r = _outcome(evaluator, _with(facts, fact, int(mid) if integer else mid), origin)
+                if r is not None and r[0] != sig0:
+                    hi, _cand = mid, r[1]
+                else:
+                    lo = mid
+            final = _outcome(evaluator, _with(facts, fact, int(hi) if integer else hi), origin)
+            if final is None:
+                return None
+            return (int(hi) if integer else hi), final[1]
+        prev = g
+    return None

@@ -417,10 +417,14 @@ def validate_command(paths: tuple[str, ...], error_format: str) -> None:
     PATHS are policy files, bundle directories (with policy.yaml) or directories holding them
     (default: the bundled policies/ directory).
     """
-    from .paths import POLICIES_DIR
+    from .paths import BundledDataMissing, policies_root
     from .policy import PolicyError, load_policy
 
-    targets = discover_policies(paths or (str(POLICIES_DIR),))
+    try:
+        targets = discover_policies(paths or (str(policies_root()),))
+    except BundledDataMissing as exc:
+        click.echo(f"internal error: {exc}", err=True)
+        sys.exit(EXIT_INTERNAL)
     all_diags: list[Diagnostic] = []
     ok: list[str] = []
     for target in targets:
@@ -489,10 +493,11 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
 @click.argument("name", type=click.Choice(["facts", "policy", "decision", "decision-record", "plan", "memory", "cost"]))
 def schema_command(name: str) -> None:
     """Print one of the JSON Schemas (facts, policy, decision, ...)."""
-    from .paths import SCHEMAS_DIR
+    from .paths import BundledDataMissing, schema
 
-    path = SCHEMAS_DIR / f"{name}.schema.json"
-    if not path.exists():
+    try:
+        path = schema(f"{name}.schema.json")
+    except BundledDataMissing:
         click.echo(f"error: schema {name} is not available", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(path.read_text(encoding="utf-8"))

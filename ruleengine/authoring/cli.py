@@ -31,9 +31,9 @@ from ..diagnostics import Diagnostic, DiagnosticError, render_json, render_text
 
 
 def _targets(paths: tuple[str, ...]) -> list[str]:
-    from ..paths import POLICIES_DIR
+    from ..paths import policies_root
 
-    return discover_policies(paths or (str(POLICIES_DIR),))
+    return discover_policies(paths or (str(policies_root()),))
 
 
 # --- decide test -----------------------------------------------------------------------------------

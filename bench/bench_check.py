@@ -25,8 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ruleengine.paths import DEFAULT_POLICY  # noqa: E402
+from ruleengine.paths import default_policy  # noqa: E402
 from ruleengine.policy.compiler import compile_files, read_policy_files  # noqa: E402
+
+DEFAULT_POLICY = default_policy()
 
 
 def timed(fn, repeat: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]

@@ -43,7 +43,8 @@ def main() -> int:
 
     from executors.plan import PlanOptions, build_plan
     from executors.runner import run_training
-    from executors.tiny import EXAMPLES_DIR, build_tiny_model
+    from executors.tiny import build_tiny_model
+    from ruleengine.paths import example
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "full_ft" not in methods:
@@ -52,7 +53,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(os.path.join(tmp, "model"), hidden_size=args.hidden_size, num_layers=args.layers,
                                  intermediate_size=2 * args.hidden_size)
-        data = [str(EXAMPLES_DIR / "data" / "alpaca.jsonl")]
+        data = [str(example("data/alpaca.jsonl"))]
         rounds = [methods if i % 2 == 0 else methods[::-1] for i in range(max(1, args.repeats))]
         for i, method in ((i, m) for i, order in enumerate(rounds) for m in order):
             verdict = copy.deepcopy(VERDICT)

@@ -228,6 +228,8 @@ def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int
     Example:
       decide make-tiny-model ./tiny-model
     """
+    from ruleengine.paths import BundledDataMissing
+
     from .tiny import build_tiny_model
 
     try:
@@ -236,4 +238,6 @@ def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int
                                 intermediate_size=intermediate_size, seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    except BundledDataMissing as exc:
+        raise click.ClickException(f"{exc} (or give --corpus)") from None
     click.echo(path)

@@ -7,20 +7,22 @@ The tokenizer is a byte-level BPE trained with ``tokenizers`` on the bundled exa
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 
 def default_corpus() -> list[str]:
-    """Return the bundled example data files (``examples/data/*.jsonl``), sorted."""
-    return sorted(glob.glob(str(EXAMPLES_DIR / "data" / "*.jsonl")))
+    """Return the bundled example data files (``examples/data/*.jsonl``), sorted.
+
+    Raises ruleengine.paths.BundledDataMissing when the install ships none.
+    """
+    from ruleengine.paths import example_data
+
+    return [str(path) for path in example_data()]
 
 
 def corpus_texts(paths: list[str]) -> Iterator[str]:

@@ -148,9 +148,9 @@ def open_policy(path: str | os.PathLike | None = None) -> PolicyEngine:
     Compiled engines are reused while the policy's files are unchanged (keyed by path and
     modification time). Raises PolicyError (exit 3) with every diagnostic found.
     """
-    from .paths import DEFAULT_POLICY
+    from .paths import default_policy
 
-    target = os.fspath(path) if path is not None else os.fspath(DEFAULT_POLICY)
+    target = os.fspath(path) if path is not None else os.fspath(default_policy())
     stamp: int
     try:
         stamp = max((os.stat(os.path.join(root, f)).st_mtime_ns for root, _, files in os.walk(target) for f in files),

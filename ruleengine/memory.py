@@ -39,9 +39,9 @@ def _bundled_sections() -> dict[str, Any]:
     """Return the bundled default policy's memory.yaml (``{"memory": ..., "cost": ...}``)."""
     import yaml
 
-    from .paths import DEFAULT_POLICY
+    from .paths import default_policy
 
-    with open(DEFAULT_POLICY / "memory.yaml", encoding="utf-8") as fh:
+    with open(default_policy() / "memory.yaml", encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 

@@ -44,9 +44,10 @@ def discover_policies(paths: tuple[str, ...]) -> list[str]:
 
 
 def _targets(paths: tuple[str, ...]) -> list[str]:
-    from ..paths import POLICIES_DIR
+    """Return the policies under PATHS, or every bundled policy; a missing bundle is an internal error."""
+    from ..paths import policies_root
 
-    return discover_policies(paths or (str(POLICIES_DIR),))
+    return discover_policies(paths or (str(policies_root()),))
 
 
 # --- decide validate / schema --------------------------------------------------------------------
@@ -90,10 +91,11 @@ def validate_command(paths: tuple[str, ...], error_format: str) -> ExitCode:
 @click.argument("name", type=click.Choice(["facts", "policy", "decision", "decision-record", "plan", "memory", "cost"]))
 def schema_command(name: str) -> ExitCode:
     """Print one of the JSON Schemas (facts, policy, decision, ...)."""
-    from ..paths import SCHEMAS_DIR
+    from ..paths import BundledDataMissing, schema
 
-    path = SCHEMAS_DIR / f"{name}.schema.json"
-    if not path.exists():
+    try:
+        path = schema(f"{name}.schema.json")
+    except BundledDataMissing:
         click.echo(f"error: schema {name} is not available", err=True)
         return ExitCode.BAD_INPUT
     click.echo(path.read_text(encoding="utf-8"))

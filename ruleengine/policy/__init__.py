@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from ..paths import DEFAULT_POLICY
+from ..paths import default_policy
 from .compiler import STAGES, CompileContext, PolicyError, compile_files, read_policy_files, run_stages
 from .model import Policy, Rule, snapshot_sha256
 
@@ -15,7 +15,7 @@ __all__ = ["Policy", "PolicyError", "Rule", "STAGES", "CompileContext", "default
 
 def default_policy_path() -> str:
     """Return the path of the bundled default policy (a bundle directory)."""
-    return str(DEFAULT_POLICY)
+    return str(default_policy())
 
 
 def load_policy(path: str | os.PathLike | None = None) -> Policy:
@@ -23,7 +23,7 @@ def load_policy(path: str | os.PathLike | None = None) -> Policy:
 
     Raises PolicyError carrying every diagnostic found, with file:line:col.
     """
-    files, root, origin, reader = read_policy_files(path if path is not None else DEFAULT_POLICY)
+    files, root, origin, reader = read_policy_files(path if path is not None else default_policy())
     return compile_files(files, root, origin, reader)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..conditions import All, AnyOf, Cmp, Condition, Not
 from ..diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
-from ..paths import SCHEMAS_DIR, load_schema
+from ..paths import load_schema
 from ..schema_check import validate
 from ..vocabulary import LLAMA_MODULES, METHODS, RANKED_METHODS, TARGET_PRESETS, FactType, vocabulary
 from ..yamlsafe import LocatedDoc, load_yaml_text
@@ -153,7 +153,7 @@ def stage_schema(ctx: CompileContext) -> None:
     """Validate the merged document against schemas/policy.schema.json (+ memory/cost schemas)."""
     ctx.diags.extend(validate(ctx.data, load_schema("policy.schema.json"), ctx.loc, "schema"))
     for section, schema_name in (("memory", "memory.schema.json"), ("cost", "cost.schema.json")):
-        if section in ctx.data and (SCHEMAS_DIR / schema_name).exists():
+        if section in ctx.data:
             ctx.diags.extend(validate(ctx.data[section], load_schema(schema_name), ctx.loc, "schema",
                                       path_prefix=(section,)))
     language = ctx.data.get("language")

@@ -8,10 +8,9 @@ import textwrap
 
 import pytest
 
-import executors
-import executors.tiny
 from executors import ExecutorMismatch, UnknownMethodError, available_methods, executor_class, get_executor
 from executors.base import Executor
+from ruleengine.paths import example
 
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
 
@@ -89,12 +88,12 @@ def test_decision_path_does_not_import_torch(engine, tmp_path):
         from ruleengine.facts import load_facts_file
         from executors.data import scan_files
         from executors.decision_bridge import run_decision
-        scans = scan_files([{str(executors.tiny.EXAMPLES_DIR / "data" / "alpaca.jsonl")!r}])
+        scans = scan_files([{str(example("data/alpaca.jsonl"))!r}])
         os.makedirs({str(tmp_path / "m")!r}, exist_ok=True)
         open({str(tmp_path / "m" / "config.json")!r}, "w").write('{{"model_type": "llama", "hidden_size": 64, '
             '"intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, '
             '"vocab_size": 512, "max_position_embeddings": 512, "architectures": ["LlamaForCausalLM"]}}')
-        facts = load_facts_file({str(executors.tiny.EXAMPLES_DIR / "job.yaml")!r})
+        facts = load_facts_file({str(example("job.yaml"))!r})
         out = run_decision(facts, policy_path=None, model_path={str(tmp_path / "m")!r}, scans=scans, method=None,
                            origin=".", no_audit=True)
         assert out.verdict["method"]

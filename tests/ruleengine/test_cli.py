@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from ruleengine.cli import main
-from ruleengine.paths import ROOT, load_schema
+from ruleengine.paths import load_schema
 
+REPO = Path(__file__).resolve().parents[2]
 DECIDE = [sys.executable, "-m", "ruleengine.cli"]
 BASE = ["--model-params", "13B", "--gpu", "a100-80gb", "--gpus", "1", "--examples", "50k", "--use-case", "domain_qa"]
 
@@ -80,16 +81,16 @@ def test_bad_facts_json_error_format(tmp_path):
 
 
 def test_invalid_policy_exit_code():
-    r = run(*BASE, "--no-audit", "--policy", str(ROOT / "tests/fixtures/policies/broken.yaml"))
+    r = run(*BASE, "--no-audit", "--policy", str(REPO / "tests/fixtures/policies/broken.yaml"))
     assert r.exit_code == 3
     assert "did you mean `data.examples`?" in r.output
 
 
 def test_validate_reports_every_policy():
-    r = run("validate", str(ROOT / "policies"))
+    r = run("validate", str(REPO / "policies"))
     assert r.exit_code == 0, r.output
     assert "default 1.0.0" in r.output
-    r = run("validate", str(ROOT / "policies"), str(ROOT / "tests/fixtures/policies/broken.yaml"))
+    r = run("validate", str(REPO / "policies"), str(REPO / "tests/fixtures/policies/broken.yaml"))
     assert r.exit_code == 3
 
 
@@ -131,7 +132,7 @@ def test_decide_never_imports_torch_transformers_or_peft():
             "'--explain']); assert r.exit_code == 0, r.output; "
             "heavy = [m for m in ('torch','transformers','peft','bitsandbytes','accelerate','matplotlib') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -154,7 +155,7 @@ def test_bad_flags_exit_2(args):
 
 
 def test_the_readme_facts_example_decides_estimates_and_explains():
-    facts = str(ROOT / "examples" / "domain-qa-13b.yaml")
+    facts = str(REPO / "examples" / "domain-qa-13b.yaml")
     r = run("--facts", facts, "--no-audit", "--format", "json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)

@@ -6,10 +6,10 @@ import pytest
 
 from ruleengine.authoring.testing import load_cases, run_case, test_files
 from ruleengine.cli.policy import discover_policies
-from ruleengine.paths import POLICIES_DIR
+from ruleengine.paths import policies_root
 from ruleengine.policy import load_policy
 
-CASES = [(policy_path, case) for policy_path in discover_policies((str(POLICIES_DIR),))
+CASES = [(policy_path, case) for policy_path in discover_policies((str(policies_root()),))
          for f in test_files(policy_path) for case in load_cases(f)]
 
 

@@ -21,11 +21,11 @@ from ruleengine.derive import derive
 from ruleengine.diagnostics import DiagnosticError
 from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import FactsError, normalize_facts
-from ruleengine.paths import POLICIES_DIR
+from ruleengine.paths import policies_root
 from ruleengine.policy import PolicyError, load_policy, load_policy_files
 from ruleengine.vocabulary import METHODS, OPTIMIZERS, PRECISIONS, QUALITIES, SHARDINGS, SHIFTS
 
-POLICY_PATHS = discover_policies((str(POLICIES_DIR),))
+POLICY_PATHS = discover_policies((str(policies_root()),))
 POLICIES = {Path(p).name: load_policy(p) for p in POLICY_PATHS}
 IDS = list(POLICIES)
 

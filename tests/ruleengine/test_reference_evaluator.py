@@ -8,7 +8,7 @@ import pytest
 
 from ruleengine.api import decide
 from ruleengine.authoring.testing import load_cases, test_files
-from ruleengine.paths import DEFAULT_POLICY
+from ruleengine.paths import default_policy
 from ruleengine.policy import load_policy, load_policy_files
 
 POLICY = """\
@@ -97,7 +97,7 @@ def test_agrees_with_the_engine_on_nested_conditions(given, reference_evaluator)
 def test_agrees_with_the_engine_on_every_default_policy_case(reference_evaluator):
     ref = reference_evaluator
     policy = load_policy(None)
-    for f in test_files(DEFAULT_POLICY):
+    for f in test_files(default_policy()):
         for case in load_cases(f):
             d = decide(policy, case.facts, origin=str(Path(f).parent))
             mine = ref.evaluate_reference(policy, case.facts, origin=str(Path(f).parent))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from ruleengine.audit import SqliteAuditStore, record_decision
 from ruleengine.audit.cli import audit_group
 from ruleengine.audit.replay import replay_all
-from ruleengine.paths import DEFAULT_POLICY
+from ruleengine.paths import default_policy
 
 BRIEF_FACTS = {"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb", "gpu_count": 1},
                "data": {"examples": "50k"}, "task": {"use_case": "domain_qa"}}
@@ -40,7 +40,7 @@ def engine():
 
 def _policy_test_facts() -> list[dict]:
     facts = [BRIEF_FACTS, INFEASIBLE_FACTS]
-    for path in sorted((DEFAULT_POLICY / "tests").glob("*.yaml")):
+    for path in sorted((default_policy() / "tests").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for case in doc.get("cases") or []:
             if isinstance(case, dict) and isinstance(case.get("facts"), dict):
@@ -99,7 +99,7 @@ def test_what_if_a_new_policy(real_store, tmp_path):
     decisions made by the table change, the others do not."""
     path, ids = real_store
     new = tmp_path / "policy"
-    shutil.copytree(DEFAULT_POLICY, new)
+    shutil.copytree(default_policy(), new)
     table = new / "use_cases.yaml"
     text = table.read_text(encoding="utf-8")
     changed = re.sub(r"(\n  domain_qa:\n(?:    .*\n)*?    rank: )16", r"\g<1>32", text, count=1)

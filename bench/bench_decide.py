@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ruleengine.derive import derive  # noqa: E402
-from ruleengine.engine import _host, compile_rulesets, decide, evaluate_policy, ruleset_names, select_plain  # noqa: E402
+from ruleengine.engine import decide, evaluate_policy, rule_program, select_plain  # noqa: E402
 from ruleengine.facts import normalize_facts  # noqa: E402
 from ruleengine.policy import load_policy  # noqa: E402
 
@@ -43,13 +43,12 @@ def main() -> None:
     msg = _message(_referenced(policy.select_rules), derived.flat)
     for rule in policy.select_rules:
         msg[_fit_field(rule.order)] = derived.candidates[rule.id].fits
-    sel = ruleset_names(policy)[0]
-    assert compile_rulesets(policy)
+    program = rule_program(policy)
 
     base = timed(lambda: select_plain(policy, derived), 2000)
     rows = [
         ("plain first-hit select over derived facts (baseline)", base),
-        ("durable-rules post (select ruleset)", timed(lambda: _host().run(sel, msg, as_fact=False), 2000)),
+        ("durable-rules first hit (select rules)", timed(lambda: program.first_hit(msg), 2000)),
         ("normalize facts", timed(lambda: normalize_facts(FACTS, policy), 500)),
         ("derive (architecture + memory estimates per method and rule)", timed(lambda: derive(policy, facts), 200)),
         ("evaluate_policy with engine (derive + select + advise)", timed(lambda: evaluate_policy(policy, facts), 200)),

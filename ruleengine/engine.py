@@ -10,9 +10,8 @@ with EngineDisagreement (exit code 4) rather than report something the engine di
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from .conditions import Cmp, comparisons, evaluate, first_failure, to_durable
 from .decision import Decision, new_decision_id
 from .derive import Candidate, Derived, derive
+from .durable_host import DurableHostError, DurableRule, RuleProgram, program_for
 from .facts import FactsInput, normalize_facts
 from .policy import Policy
 from .templates import render_message
@@ -39,104 +39,30 @@ def _fit_field(rule_order: int) -> str:
     return f"{FIT_PREFIX}{rule_order}"
 
 
-def compile_rulesets(policy: Policy) -> dict[str, dict]:
-    """Return the durable-rules JSON ruleset definitions of ``policy``: a select and an advise ruleset.
+def durable_rules(policy: Policy) -> tuple[list[DurableRule], list[DurableRule]]:
+    """Return the (select, advise) rules of ``policy`` as durable-rules runs them.
 
-    Select rules become ``post`` targets with ``pri`` = their (priority, id) order, and carry the
-    implicit guard ``fit__<order> == true`` (the rule's own verdict fits in memory).
+    A select rule carries the implicit guard ``fit__<order> == true`` (its own verdict fits in
+    memory); its order is its (priority, id) rank, so the first hit by order is the choice.
     """
-    select: dict[str, dict] = {}
-    for rule in policy.select_rules:
-        cond = to_durable(rule.when)
-        select[rule.id] = {"all": [{"m": {"$and": [{_fit_field(rule.order): True}, cond]}}],
-                           "pri": rule.order, "run": rule.id}
-    advise: dict[str, dict] = {}
-    for rule in policy.advise_rules:
-        advise[rule.id] = {"all": [{"m": to_durable(rule.when)}], "pri": rule.order, "run": rule.id}
-    names = ruleset_names(policy)
-    out = {}
-    if select:
-        out[names[0]] = select
-    if advise:
-        out[names[1]] = advise
-    return out
+    select = [DurableRule(rule.id, rule.order, {"$and": [{_fit_field(rule.order): True}, to_durable(rule.when)]})
+              for rule in policy.select_rules]
+    advise = [DurableRule(rule.id, rule.order, to_durable(rule.when)) for rule in policy.advise_rules]
+    return select, advise
 
 
-def ruleset_names(policy: Policy) -> tuple[str, str]:
-    """Return the (select, advise) ruleset names: they embed the policy content hash, since
-    durable-rules rulesets are global and cannot be replaced once registered."""
-    h = policy.sha256[:16]
-    return f"fp_{h}_select", f"fp_{h}_advise"
+def rule_program(policy: Policy) -> RuleProgram:
+    """Return the durable-rules program of ``policy``, registered once per process (keyed by its content
+    hash, since durable-rules rulesets are global and cannot be replaced)."""
+    return program_for(policy.sha256, lambda: durable_rules(policy)[0], lambda: durable_rules(policy)[1])
 
 
-class _Host:
-    """The process-wide durable-rules host, created on first use; records fired rules per request."""
-
-    def __init__(self) -> None:
-        from durable.engine import Host
-
-        outer = self
-
-        class _RecordingHost(Host):
-            def get_action(self, action_name: str):  # noqa: ANN202
-                def action(c):  # noqa: ANN202
-                    outer.fired.setdefault(c.m.req, []).append(action_name)
-                return action
-
-        self.host = _RecordingHost()
-        self.fired: dict[int, list[str]] = {}
-        self.registered: set[str] = set()
-        self.counter = 0
-        self.lock = threading.Lock()
-
-    def ensure(self, definitions: dict[str, dict]) -> None:
-        import copy
-
-        new = {k: copy.deepcopy(v) for k, v in definitions.items() if k not in self.registered}
-        if new:
-            self.host.set_rulesets(new)
-            self.registered.update(new)
-
-    def run(self, ruleset: str, message: dict, as_fact: bool) -> list[str]:
-        """Post ``message`` as an event (first hit) or assert it as a fact (all hits); return the fired rules.
-
-        One fixed session per ruleset: events are consumed when they fire and facts are retracted
-        right after, so nothing carries over between decisions (a unique ``req`` keeps every message
-        distinct). States are never deleted: deleting one that no match created corrupts the heap
-        in durable-rules 2.0.28.
-        """
-        from durable.engine import MessageNotHandledException
-
-        with self.lock:
-            self.counter += 1
-            req = self.counter
-            msg = {**message, "req": req, "sid": "0"}
-            error = None
-            try:
-                if as_fact:
-                    state = self.host.assert_fact(ruleset, msg)
-                    with contextlib.suppress(MessageNotHandledException):
-                        self.host.retract_fact(ruleset, msg)
-                else:
-                    state = self.host.post(ruleset, msg)
-                error = state.get("exception") if isinstance(state, dict) else None
-            except MessageNotHandledException:
-                pass
-            finally:
-                fired = self.fired.pop(req, [])
-            if error:
-                raise EngineDisagreement(f"durable-rules action failed: {error}")
-            return fired
-
-
-_HOST: _Host | None = None
-
-
-def _host() -> _Host:
-    global _HOST
-    if _HOST is None:
-        _HOST = _Host()
-    return _HOST
+def _engine(call: Callable[[dict[str, Any]], Any], message: dict[str, Any]) -> Any:
+    """Run one durable-rules call; its failures are engine bugs (EngineDisagreement, exit 4)."""
+    try:
+        return call(message)
+    except DurableHostError as exc:
+        raise EngineDisagreement(f"durable-rules failed: {exc}") from exc
 
 
 def _message(fields: set[str], flat: dict[str, Any]) -> dict[str, Any]:
@@ -210,19 +136,13 @@ def evaluate_policy(policy: Policy, facts: dict, origin: str = "", use_engine: b
     """
     derived = derive(policy, facts, origin)
     chosen, trace = select_plain(policy, derived)
-    if use_engine:
-        host = _host()
-        definitions = compile_rulesets(policy)
-        host.ensure(definitions)
-        sel_name, adv_name = ruleset_names(policy)
-        if policy.select_rules:
-            msg = _message(_referenced(policy.select_rules), derived.flat)
-            for rule in policy.select_rules:
-                msg[_fit_field(rule.order)] = derived.candidates[rule.id].fits
-            fired = host.run(sel_name, msg, as_fact=False)
-            engine_choice = fired[0] if fired else None
-            if engine_choice != chosen or len(fired) > 1:
-                raise EngineDisagreement(f"select: durable-rules fired {fired}, the condition evaluator chose {chosen}")
+    if use_engine and policy.select_rules:
+        msg = _message(_referenced(policy.select_rules), derived.flat)
+        for rule in policy.select_rules:
+            msg[_fit_field(rule.order)] = derived.candidates[rule.id].fits
+        engine_choice = _engine(rule_program(policy).first_hit, msg)
+        if engine_choice != chosen:
+            raise EngineDisagreement(f"select: durable-rules chose {engine_choice}, the condition evaluator chose {chosen}")
     candidate = derived.candidates[chosen] if chosen else None
     flat = {**derived.flat, **verdict_facts(candidate)}
     advice: list[str] = []
@@ -234,7 +154,7 @@ def evaluate_policy(policy: Policy, facts: dict, origin: str = "", use_engine: b
         if holds:
             advice.append(rule.id)
     if use_engine and policy.advise_rules:
-        fired = _host().run(ruleset_names(policy)[1], _message(_referenced(policy.advise_rules), flat), as_fact=True)
+        fired = _engine(rule_program(policy).all_hits, _message(_referenced(policy.advise_rules), flat))
         if sorted(fired) != sorted(advice):
             raise EngineDisagreement(f"advise: durable-rules fired {sorted(fired)}, the condition evaluator "
                                      f"matched {sorted(advice)}")

@@ -363,13 +363,13 @@ def _operators(expr: dict) -> int:
     return 0
 
 
-def _fields(expr: dict, out: set[str]) -> set[str]:
+def _fields(expr: dict, out: set[str], rule: str) -> set[str]:
     (name, body), = expr.items()
     if name in ("$and", "$or"):
         for e in body:
-            _fields(e, out)
+            _fields(e, out, rule)
         return out
-    op = _operand(expr, "")
+    op = _operand(expr, rule)
     out.add(op.field)
     if isinstance(op.value, dict):
         out.add(op.value["$m"])
@@ -602,7 +602,7 @@ class _Packer:
             raise EngineLimitError(
                 f"{self.kind} rule {rule.id}: {_operators(cond)} all/any/in/not_in groups after merging; "
                 f"durable-rules accepts at most {MAX_OPERATORS} per rule", rule.id, "operators_per_rule")
-        fields = _fields(cond, set())
+        fields = _fields(cond, set(), rule.id)
         for f in fields:
             other = _RESERVED_HASHES.get(fnv1a_32(f))
             if other is not None:
@@ -646,6 +646,27 @@ def _pack(rules: Sequence[DurableRule], kind: str) -> list[tuple[list[tuple[Dura
                 raise EngineLimitError(f"fields {other} and {f} have the same durable-rules hash", None,
                                        "field_name")
     return packer.chunks
+
+
+def check_rules(select: Sequence[DurableRule], advise: Sequence[DurableRule]) -> list[EngineLimitError]:
+    """Return an EngineLimitError for every rule durable-rules cannot run (none: the program compiles).
+
+    Registers nothing (for ``decide validate``); each error names its ``rule`` and ``limit``.
+    """
+    problems: list[EngineLimitError] = []
+    for kind, rules in (("select", select), ("advise", advise)):
+        before = len(problems)
+        for rule in rules:
+            try:
+                _Packer(kind).add(rule)
+            except EngineLimitError as exc:
+                problems.append(exc)
+        if len(problems) == before:
+            try:
+                _pack(rules, kind)
+            except EngineLimitError as exc:
+                problems.append(exc)
+    return problems
 
 
 class RuleProgram:

@@ -22,7 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ruleengine.conditions import All, AnyOf, Cmp, evaluate, to_durable  # noqa: E402
 from ruleengine.derive import derive  # noqa: E402
 from ruleengine.durable_host import DurableRule, RuleProgram  # noqa: E402
-from ruleengine.engine import _fit_field, _message, _referenced, durable_rules, rule_program, select_plain, verdict_facts  # noqa: E402
+from ruleengine.engine import (  # noqa: E402
+    _fit_field,
+    _message,
+    _referenced,
+    durable_rules,
+    rule_program,
+    select_plain,
+    verdict_facts,
+)
 from ruleengine.facts import normalize_facts  # noqa: E402
 from ruleengine.policy import load_policy  # noqa: E402
 

@@ -56,7 +56,7 @@ MAX_SAFE_INT = 2**53  # ints are parsed with atoll and compared with doubles as 
 
 #: Children an alpha node may have: a full hashset makes probing loop forever (rete.c:1001, events.c:1749).
 MAX_CHILDREN = NEXT_BUCKET_LENGTH - 1
-#: Forward nodes an alpha node may have: the list is read until a 0 entry (events.c:1727).
+#: Forward nodes an alpha node may have: the list is read until a 0 entry (events.c:1728).
 MAX_FORWARDS = NEXT_LIST_LENGTH - 1
 #: Rules that may end at one alpha node (identical conditions): 256 overflows and crashes.
 MAX_BETAS = BETA_LIST_LENGTH - 1
@@ -80,9 +80,12 @@ ENGINE_LIMITS: dict[str, EngineLimit] = {
         MAX_OPERATORS, "all/any/in/not_in groups in one rule's condition, after nested groups of the same "
         "kind are merged (each `in` and `any` is one, `not_in` merges into its enclosing `all`)"),
     "simultaneous_comparisons_per_rule": EngineLimit(
-        MAX_STACK_SIZE, "comparisons of one rule that could hold at once (e.g. the values of an `in` list)"),
+        MAX_STACK_SIZE, "comparisons of one rule that could hold at once, e.g. the items of an `any` of numeric "
+        "comparisons (an `in` list of strings, booleans or integers counts once: only one value can match)"),
+    "in_list_values": EngineLimit(
+        MAX_CHILDREN, "values of one `in` list (more distinct comparisons at one point of a condition hang "
+        "durable-rules)"),
     "fields_per_rule": EngineLimit(MAX_FIELDS, "distinct facts one rule refers to"),
-    "identical_conditions": EngineLimit(MAX_BETAS, "rules of one kind with exactly the same condition"),
     "integer_range": EngineLimit(
         MAX_SAFE_INT, "integers in facts and rules must lie in [-2**53, 2**53]: beyond that durable-rules "
         "saturates (atoll) or rounds (int/double comparison)"),
@@ -587,10 +590,12 @@ class _Packer:
         end.betas += 1
         for node in touched:
             node.depth = None
-            if len(node.children) > MAX_CHILDREN or len(node.forwards) > MAX_FORWARDS:
+            if len(node.children) > MAX_CHILDREN:
+                return "in_list_values"
+            if len(node.forwards) > MAX_FORWARDS:
                 return "simultaneous_comparisons_per_rule"
         if end.betas > MAX_BETAS:
-            return "identical_conditions"
+            return "identical_conditions"  # never for a rule alone: the next chunk takes it
         if _stack_depth(self.root) > MAX_STACK_SIZE:
             return "simultaneous_comparisons_per_rule"
         return None
@@ -614,9 +619,9 @@ class _Packer:
             self.fields |= fields
             return
         if not self.rules:
-            raise EngineLimitError(f"{self.kind} rule {rule.id}: alone it exceeds durable-rules' limit "
-                                   f"{broken} ({ENGINE_LIMITS[broken].value}: {ENGINE_LIMITS[broken].meaning})",
-                                   rule.id, broken)
+            limit = ENGINE_LIMITS[broken]
+            raise EngineLimitError(f"{self.kind} rule {rule.id}: alone it exceeds durable-rules' limit {broken} "
+                                   f"({limit.value}: {limit.meaning})", rule.id, broken)
         self.close()
         self.add(rule)
 

@@ -315,6 +315,11 @@ def test_a_rule_with_too_many_simultaneous_comparisons_is_a_located_error():
     assert [(p.rule, p.limit) for p in problems] == [("s1", "simultaneous_comparisons_per_rule")]
 
 
+def test_an_in_list_beyond_the_node_table_is_a_located_error():
+    problems = check_rules([], _advise([Cmp("e.k0", "in", tuple(f"v{i}" for i in range(512)))]))
+    assert [(p.rule, p.limit) for p in problems] == [("a1", "in_list_values")]
+
+
 def test_check_rules_accepts_what_compiles():
     rng = random.Random(3)
     conds = [_condition(rng) for _ in range(200)]

@@ -11,6 +11,7 @@ with EngineDisagreement (exit code 4) rather than report something the engine di
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,10 +52,23 @@ def durable_rules(policy: Policy) -> tuple[list[DurableRule], list[DurableRule]]
     return select, advise
 
 
+_PROGRAM_OF: dict[int, tuple[weakref.ref, RuleProgram]] = {}  # id(policy) -> (the policy, its program)
+
+
 def rule_program(policy: Policy) -> RuleProgram:
     """Return the durable-rules program of ``policy``, registered once per process (keyed by its content
-    hash, since durable-rules rulesets are global and cannot be replaced)."""
-    return program_for(policy.sha256, lambda: durable_rules(policy)[0], lambda: durable_rules(policy)[1])
+    hash, since durable-rules rulesets are global and cannot be replaced).
+
+    Remembered per Policy object (a loaded policy is never modified), because computing the
+    content hash takes longer than a decision's rules.
+    """
+    key = id(policy)
+    entry = _PROGRAM_OF.get(key)
+    if entry is not None and entry[0]() is policy:
+        return entry[1]
+    program = program_for(policy.sha256, lambda: durable_rules(policy)[0], lambda: durable_rules(policy)[1])
+    _PROGRAM_OF[key] = (weakref.ref(policy, lambda _ref: _PROGRAM_OF.pop(key, None)), program)
+    return program
 
 
 def _engine(call: Callable[[dict[str, Any]], Any], message: dict[str, Any]) -> Any:

@@ -30,7 +30,6 @@ def sample_decision() -> tuple[dict, dict, str]:
     """Return (decision dict, policy snapshot, its sha256): real if the engine works, else synthetic."""
     try:
         from ruleengine.api import decide
-
         from ruleengine.policy import load_policy
 
         policy = load_policy(None)

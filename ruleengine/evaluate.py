@@ -21,7 +21,7 @@ from typing import Any
 from .conditions import Check, Cmp, comparisons, compile_check, to_durable
 from .cost import CostConstants
 from .derive import Candidate, DeriveCache, Derived, derive
-from .durable_host import DurableRule, EngineError, RuleProgram, program_for
+from .durable_host import DurableHostError, DurableRule, MessageValueError, RuleProgram, program_for
 from .trace import AdviseEvent, SelectEvent, TraceEvent
 from .vocabulary import field_name
 
@@ -147,7 +147,7 @@ class Evaluator:
                 message[fit_field(rule.order)] = candidates[rule.id].fits
             try:
                 engine_choice = self.program.first_hit(message)
-            except EngineError as exc:
+            except (DurableHostError, MessageValueError) as exc:
                 raise EngineDisagreement(f"select: {exc}") from None
             if engine_choice != chosen:
                 raise EngineDisagreement(f"select: durable-rules chose {engine_choice}, the condition evaluator "
@@ -163,7 +163,7 @@ class Evaluator:
         if use_engine and self.advise:
             try:
                 fired = self.program.all_hits(self._message(self.advise_fields, flat))
-            except EngineError as exc:
+            except (DurableHostError, MessageValueError) as exc:
                 raise EngineDisagreement(f"advise: {exc}") from None
             if fired != advice:
                 raise EngineDisagreement(f"advise: durable-rules fired {fired}, the condition evaluator matched "

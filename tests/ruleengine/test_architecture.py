@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from ruleengine.architecture import (
     FAMILIES,
-    SUPPORTED_MODEL_TYPES,
     ArchitectureError,
     exact_architecture,
     from_hf_config,

@@ -253,6 +253,7 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
                                          "give a Hugging Face config.json of a supported architecture",
                                          path="model.config" + (f".{exc.field}" if getattr(exc, "field", None) else ""))
                               ]) from None
+        notes.extend(arch.warnings)
         given = model.get("params")
         if given and abs(given - arch.params) / arch.params > 0.05:
             notes.append(f"model.params ({given:.4g}) differs from the count computed from model.config "

@@ -14,9 +14,15 @@ from typing import Any
 
 from .diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
 from .paths import load_schema
+from .policy.model import gpu_names
 from .schema_check import validate
 from .units import parse_count
 from .yamlsafe import load_yaml_file
+
+# hardware.host_memory_gb when the facts do not give it: unknown. 0 rather than a guessed size so
+# that no plan counts on CPU offload (ZeRO-offload needs optimizer states and gradients in host RAM)
+# unless the user said the host has the RAM; every fact must have a value after normalization.
+UNKNOWN_HOST_MEMORY = 0.0
 
 
 class FactsError(DiagnosticError):
@@ -141,10 +147,14 @@ def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
                                 "give hardware.gpu (one of: " + ", ".join(policy.gpus) + ") or hardware.gpu_memory_gb",
                                 path="hardware"))
     gpu_name = hardware.get("gpu")
-    if gpu_name is not None and gpu_name not in policy.gpus:
+    gpus = gpu_names(policy.gpus)
+    if gpu_name is not None and gpu_name not in gpus:
         diags.append(Diagnostic("facts-unknown-gpu", f"unknown GPU `{gpu_name}`", inp.locate(("hardware", "gpu")),
-                                did_you_mean(gpu_name, policy.gpus), path="hardware.gpu"))
+                                did_you_mean(gpu_name, gpus), path="hardware.gpu"))
+    elif gpu_name is not None:
+        hardware["gpu"] = gpus[gpu_name]  # an alias resolves to the catalog name
     hardware.setdefault("gpu_count", 1)
+    hardware.setdefault("host_memory_gb", UNKNOWN_HOST_MEMORY)
     if "data" in require and "examples" not in dat and "tasks" not in dat:
         diags.append(Diagnostic("facts-missing-examples", "the number of training examples is missing",
                                 inp.locate(("data",)), "give data.examples (e.g. 50k, flag --examples) or data.tasks",

@@ -42,6 +42,7 @@ GIVEN: dict[str, FactType] = {
     "hardware.gpu": FactType("enum", "GPU catalog name", values_from="gpus"),
     "hardware.gpu_memory_gb": FactType("number", "memory of one GPU, GiB"),
     "hardware.gpu_count": FactType("integer", "number of GPUs"),
+    "hardware.host_memory_gb": FactType("number", "host (CPU) RAM of one node, GiB; 0 = unknown"),
     "data.examples": FactType("number", "training examples (sum over tasks)"),
     "data.avg_tokens": FactType("number", "average tokens per example"),
     "data.seq_len": FactType("integer", "maximum sequence length of the data"),

@@ -32,6 +32,7 @@ FACT_FLAGS: list[tuple[str, tuple, Any, str]] = [
     ("--gpu", ("hardware", "gpu"), str, "GPU catalog name, e.g. a100-80gb [hardware.gpu]"),
     ("--gpu-memory-gb", ("hardware", "gpu_memory_gb"), float, "memory of one GPU in GiB [hardware.gpu_memory_gb]"),
     ("--gpus", ("hardware", "gpu_count"), int, "number of GPUs [hardware.gpu_count]"),
+    ("--host-memory-gb", ("hardware", "host_memory_gb"), float, "host RAM of one node in GiB [hardware.host_memory_gb]"),
     ("--examples", ("data", "examples"), str, "training examples, e.g. 50k [data.examples]"),
     ("--avg-tokens", ("data", "avg_tokens"), float, "average tokens per example [data.avg_tokens]"),
     ("--seq-len", ("data", "seq_len"), int, "maximum sequence length of the data [data.seq_len]"),

@@ -19,7 +19,7 @@ from ..paths import load_schema
 from ..schema_check import validate
 from ..vocabulary import LLAMA_MODULES, METHODS, RANKED_METHODS, TARGET_PRESETS, FactType, vocabulary
 from ..yamlsafe import LocatedDoc, load_yaml_text
-from .model import Policy, Rule
+from .model import Policy, Rule, gpu_names
 
 SECTIONS = ("language", "name", "version", "owner", "description", "include", "settings", "memory", "cost",
             "gpus", "thresholds", "defaults", "use_cases", "rules")
@@ -271,7 +271,11 @@ def _check_literal(ctx: CompileContext, fact: str, ft: FactType, op: str, raw: A
             ctx.error("rule-type-mismatch", f"`{fact}` is true/false; {item!r} is not", vpath)
         elif ft.kind == "enum":
             allowed = _enum_values(ft, ctx)
-            if not isinstance(item, str) or item not in allowed:
+            aliases = gpu_names(ctx.data.get("gpus") or {}) if ft.values_from == "gpus" else {}
+            if isinstance(item, str) and item not in allowed and item in aliases:
+                ctx.error("rule-gpu-alias", f"{item!r} is an alias; conditions compare catalog names", vpath,
+                          f"write `{aliases[item]}`")
+            elif not isinstance(item, str) or item not in allowed:
                 ctx.error("rule-unknown-value", f"{item!r} is not a value of `{fact}`", vpath,
                           did_you_mean(str(item), allowed))
 
@@ -321,14 +325,32 @@ def stage_check(ctx: CompileContext) -> None:
             for j, msg in enumerate(rule.get(section) or []):
                 _check_template(ctx, msg.get("message", ""), path + (section, j, "message"), kind)
     gpus = ctx.data.get("gpus") or {}
+    _check_gpu_aliases(ctx, gpus)
+    names = gpu_names(gpus)
     default_gpu = ((fact_defaults.get("hardware") or {}).get("gpu"))
-    if default_gpu and default_gpu not in gpus:
+    if default_gpu and default_gpu not in names:
         ctx.error("defaults-unknown-gpu", f"default GPU `{default_gpu}` is not in the catalog",
-                  ("defaults", "facts", "hardware", "gpu"), did_you_mean(default_gpu, gpus))
+                  ("defaults", "facts", "hardware", "gpu"), did_you_mean(default_gpu, names))
     default_uc = (fact_defaults.get("task") or {}).get("use_case")
     if default_uc and default_uc not in use_cases:
         ctx.error("defaults-unknown-use-case", f"default use case `{default_uc}` is not in the table",
                   ("defaults", "facts", "task", "use_case"), did_you_mean(default_uc, use_cases))
+
+
+def _check_gpu_aliases(ctx: CompileContext, gpus: dict) -> None:
+    """An alias names one catalog entry: it may not be a catalog name nor be claimed by two entries."""
+    claimed: dict[str, str] = {}
+    for name, entry in gpus.items():
+        for j, alias in enumerate((entry or {}).get("aliases") or ()):
+            path = ("gpus", name, "aliases", j)
+            if alias in gpus:
+                ctx.error("gpu-alias-is-a-name", f"alias `{alias}` of `{name}` is itself a catalog entry", path,
+                          "remove the alias or rename the entry")
+            elif alias in claimed and claimed[alias] != name:
+                ctx.error("gpu-alias-duplicate", f"alias `{alias}` is claimed by `{claimed[alias]}` and `{name}`",
+                          path, "keep it on one entry")
+            else:
+                claimed[alias] = name
 
 
 def _check_verdict_fields(ctx: CompileContext, spec: dict, path: tuple, settings: dict) -> None:

@@ -101,6 +101,10 @@ class Policy:
         """Return the advise rules in evaluation order (priority, then id)."""
         return [r for r in self.rules if r.kind == "advise"]
 
+    def gpu_names(self) -> dict[str, str]:
+        """Return every name ``hardware.gpu`` accepts, catalog names and aliases, mapped to the catalog name."""
+        return gpu_names(self.gpus)
+
     def rule(self, rule_id: str) -> Rule:
         """Return the rule with this id; raises KeyError if there is none."""
         return self._rules_by_id[rule_id]
@@ -140,3 +144,16 @@ class Policy:
                                   for k, v in self.thresholds.items()}
         data["rules"] = [r.to_data() for r in self.rules]
         return data
+
+
+def gpu_names(gpus: dict[str, dict]) -> dict[str, str]:
+    """Return ``{name or alias: catalog name}`` for a ``gpus:`` catalog (catalog names map to themselves).
+
+    An alias that is also a catalog name, or that two entries claim, keeps its first meaning; the
+    policy compiler reports both as errors, so a loaded policy never has them.
+    """
+    out = {name: name for name in gpus}
+    for name, entry in gpus.items():
+        for alias in (entry or {}).get("aliases") or ():
+            out.setdefault(alias, name)
+    return out

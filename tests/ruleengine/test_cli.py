@@ -74,10 +74,20 @@ def test_bad_facts_file_is_located(tmp_path, golden):
 
 
 def test_bad_facts_json_error_format(tmp_path):
-    r = run("--model-params", "7B", "--gpu", "h200", "--examples", "5", "--no-audit", "--error-format", "json")
+    r = run("--model-params", "7B", "--gpu", "h300", "--examples", "5", "--no-audit", "--error-format", "json")
     assert r.exit_code == 2
     diags = json.loads(r.output)["diagnostics"]
     assert diags[0]["code"] == "facts-unknown-gpu" and diags[0]["location"]["file"] == "--gpu"
+    assert "h200" in diags[0]["help"]  # did-you-mean covers aliases too
+
+
+def test_gpu_alias_and_host_memory_flag():
+    r = run("--model-params", "7B", "--gpu", "h200", "--host-memory-gb", "512", "--examples", "50k",
+            "--use-case", "chat", "--no-audit", "--format", "json")
+    assert r.exit_code == 0, r.output
+    facts = json.loads(r.output)["facts"]
+    assert facts["given"]["hardware"]["gpu"] == "h200"
+    assert facts["normalized"]["hardware"] == {"gpu": "h200-141gb", "gpu_count": 1, "host_memory_gb": 512}
 
 
 def test_invalid_policy_exit_code():
@@ -89,7 +99,7 @@ def test_invalid_policy_exit_code():
 def test_validate_reports_every_policy():
     r = run("validate", str(REPO / "policies"))
     assert r.exit_code == 0, r.output
-    assert "default 1.0.0" in r.output
+    assert "default 1.1.0" in r.output
     r = run("validate", str(REPO / "policies"), str(REPO / "tests/fixtures/policies/broken.yaml"))
     assert r.exit_code == 3
 

@@ -119,3 +119,31 @@ def test_facts_file_must_be_a_mapping(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": 2}) == {"a.b": 1, "a.c.d": [1], "e": 2}
+
+
+def test_gpu_aliases_resolve_to_the_catalog_name_and_host_memory_defaults_to_unknown():
+    from ruleengine.facts import UNKNOWN_HOST_MEMORY, normalize_facts
+    from ruleengine.policy import load_policy
+
+    policy = load_policy(None)
+    base = {"model": {"params": "7B"}, "data": {"examples": "50k"}, "task": {"use_case": "chat"}}
+    for alias, name in (("h200", "h200-141gb"), ("rtx-4090", "rtx4090-24gb"), ("4090", "rtx4090-24gb"),
+                        ("b200", "b200-180gb"), ("mi300x", "mi300x-192gb"), ("a100-80gb", "a100-80gb")):
+        facts = normalize_facts({**base, "hardware": {"gpu": alias}}, policy)
+        assert facts["hardware"]["gpu"] == name
+        assert facts["hardware"]["host_memory_gb"] == UNKNOWN_HOST_MEMORY == 0.0
+    given = normalize_facts({**base, "hardware": {"gpu": "l4", "host_memory_gb": 256}}, policy)
+    assert given["hardware"]["host_memory_gb"] == 256
+
+
+def test_every_catalog_gpu_has_the_documented_fields():
+    from ruleengine.policy import load_policy
+
+    gpus = load_policy(None).gpus
+    for required in ("h100-80gb", "h100-nvl-94gb", "h200-141gb", "b200-180gb", "a100-80gb", "a100-40gb", "l40s-48gb",
+                     "l4-24gb", "a10g-24gb", "rtx4090-24gb", "rtx5090-32gb", "rtx-a6000-48gb", "rtx6000-ada-48gb",
+                     "v100-32gb", "t4-16gb", "mi300x-192gb", "mi325x-256gb"):
+        entry = gpus[required]
+        assert {"memory_gb", "bf16", "fp8", "tflops", "price_per_hour", "aliases", "source"} <= set(entry), required
+        # GiB as nvidia-smi reports: never more than the marketing number in GB read as GiB
+        assert 0 < entry["memory_gb"] <= float(required.rsplit("-", 1)[1].rstrip("gb")) + 0.5, required

@@ -188,3 +188,54 @@ def test_adalora_ranknum_is_frozen_on_a_real_model():
     wrapped = peft.get_peft_model(model, peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=6, target_r=4, total_step=10,
                                                             target_modules="all-linear"))
     assert wrapped.get_nb_trainable_parameters()[0] == trainable_params(from_hf_config(cfg), "adalora", rank=6)
+
+
+# --- mixture of experts and other families against peft ------------------------------------
+# peft gets our module names (valid peft targets: GPT-2's `attn.c_proj` selects only the attention
+# projection); for qwen3_moe/deepseek peft rewrites gate_proj/up_proj/down_proj into the fused
+# experts (transformers 5) and drops the dense/shared MLP modules of those names.
+
+MOE_CASES = [("deepseek-v3-small", {}), ("qwen2-moe-mixed-small", {}), ("mixtral-8x7b", {"num_hidden_layers": 2}),
+             ("qwen3-30b-a3b", {"num_hidden_layers": 3, "mlp_only_layers": [0]}),
+             ("deepseek-v2-lite", {"num_hidden_layers": 3}), ("gpt2", {"n_layer": 2}),
+             ("falcon-7b", {"num_hidden_layers": 2}), ("phi-3-mini", {"num_hidden_layers": 2})]
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("name,override", MOE_CASES, ids=[c[0] for c in MOE_CASES])
+def test_moe_and_fused_families_equal_peft(name, override):
+    peft, _, _ = _peft()
+    cfg = {**json.loads((CONFIGS / f"{name}.json").read_text()), **override}
+    arch = from_hf_config(cfg, name)
+    for targets in ("all-linear", "attention", "mlp", ["down_proj"], ["c_proj"]):
+        try:
+            ours = trainable_params(arch, "lora", rank=8, target_modules=targets)
+        except ValueError:
+            continue  # a name or preset this family does not have
+        names = list(resolve_targets(arch, "lora", targets))
+        assert _peft_trainable(cfg, peft.LoraConfig(task_type="CAUSAL_LM", r=8, target_modules=names)) == ours, targets
+    if arch.is_moe:  # routed experts named directly: peft's target_parameters, one LoRA pair per expert
+        experts = ["experts.gate_up_proj", "experts.down_proj"]
+        ours = trainable_params(arch, "lora", rank=4, target_modules=experts)
+        assert _peft_trainable(cfg, peft.LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=[],
+                                                    target_parameters=experts)) == ours
+
+
+def test_moe_targets_and_errors():
+    arch = arch_of("qwen3-30b-a3b")
+    assert resolve_targets(arch, "lora", "all-linear") == ("q_proj", "k_proj", "v_proj", "o_proj")  # experts are no nn.Linear
+    with pytest.raises(ValueError, match="gate_up_proj"):
+        trainable_params(arch, "lora", rank=8, target_modules=["gate_proj"])  # half of a fused pair, as peft refuses
+    with pytest.raises(ValueError, match="DoRA"):
+        trainable_params(arch, "dora", rank=8, target_modules=["experts.down_proj"])
+    mixtral = arch_of("mixtral-8x7b")
+    with pytest.raises(ValueError, match="router"):
+        resolve_targets(mixtral, "lora", ["gate"])
+    with pytest.raises(ValueError, match="selects no nn.Linear"):
+        resolve_targets(mixtral, "lora", "mlp")
+    per_expert = 32 * 8 * 16 * ((4096 + 2 * 14336) + (14336 + 4096))
+    assert trainable_params(mixtral, "lora", rank=16, target_modules=["experts.gate_up_proj", "experts.down_proj"]) \
+        == per_expert
+    gpt2 = arch_of("gpt2")
+    assert resolve_targets(gpt2, "lora", ["c_proj"]) == ("attn.c_proj", "mlp.c_proj")  # peft's suffix match
+    assert trainable_params(gpt2, "ia3", target_modules=None) == 12 * (3 * 768 + 3072)  # c_attn out, mlp.c_proj in

@@ -1,0 +1,45 @@
+"""The published-runs data file: every run names its source, its settings and a model fixture that loads."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ruleengine.architecture import load_hf_config
+from ruleengine.memory import MethodConfig, TrainingSetup
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = yaml.safe_load((ROOT / "tests" / "fixtures" / "published_runs.yaml").read_text(encoding="utf-8"))["runs"]
+REQUIRED = ("id", "source", "model", "method", "precision", "optimizer", "micro_batch_size", "seq_len",
+            "gradient_checkpointing", "gpus", "sharding", "measured", "measured_how", "published", "published_unit",
+            "measured_gib", "conversion")
+
+
+def test_ids_are_unique_and_there_are_enough_runs():
+    ids = [r["id"] for r in RUNS]
+    assert len(ids) == len(set(ids)) and len(ids) >= 40
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[r["id"] for r in RUNS])
+def test_every_run_is_complete_and_consistent(run):
+    for key in REQUIRED:
+        assert run.get(key) is not None, key
+    assert run["source"]["url"].startswith("https://") and run["source"]["settings_as_published"]
+    assert load_hf_config(str(ROOT / "tests" / "fixtures" / "configs" / f"{run['model']}.json")).params > 0
+    TrainingSetup(run["precision"], run["optimizer"], run["micro_batch_size"], run["seq_len"],
+                  run["gradient_checkpointing"], run["sharding"], run["gpus"], run.get("attention", "sdpa")).validate()
+    MethodConfig(run["method"], rank=run.get("rank"))
+    assert run["measured"] in ("allocated", "device")
+    scale = 1e9 / 2**30 if run["published_unit"].startswith("GB") else 1.0
+    per_gpu = run["published"] * scale / (run["gpus"] if "total" in run["published_unit"] else 1)
+    assert abs(per_gpu - run["measured_gib"]) < 1e-3  # the stated conversion reproduces the GiB figure
+
+
+def test_the_bench_script_estimates_every_run():
+    spec = importlib.util.spec_from_file_location("bench_published_runs", ROOT / "bench" / "bench_published_runs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert all(bench.estimate_run(run) > 0 for run in RUNS)

@@ -24,6 +24,26 @@ class StoreUnavailable(AuditError):
     exit_code = 2
 
 
+class NotAnAuditStore(StoreUnavailable):
+    """The location holds a database that is not a finetune-policy audit store (another application's tables,
+    or a newer store version): nothing is read from it and nothing is ever written into it."""
+
+    exit_code = 2
+
+
+class StoreNotWritable(StoreUnavailable):
+    """A writer cannot append: the store is missing (and creating it was not asked for), read-only, vanished or
+    was replaced under a running writer, or the database refused the write. ``decide`` exits 7."""
+
+    exit_code = 7
+
+
+class SigningKeyError(AuditError):
+    """A signing or public key file is missing, unreadable, too widely readable, or not an Ed25519 key."""
+
+    exit_code = 2
+
+
 class RecordNotFound(AuditError):
     """No record has the requested id (or an id prefix matched none, or several)."""
 
@@ -73,6 +93,8 @@ class VerifyReport:
     head_hash: str = ""
     problems: list[Problem] = field(default_factory=list)
     truncated: bool = False  # more problems existed than were kept
+    signatures: dict[str, Any] = field(default_factory=dict)  # see ``ChainVerifier.check_signatures``
+    bytes_hashed: bool = True  # False for JSONL: lines are proven canonical, then re-serialised for the hash
 
     @property
     def ok(self) -> bool:

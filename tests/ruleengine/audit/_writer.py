@@ -21,7 +21,7 @@ def main() -> None:
     db, count = sys.argv[1], int(sys.argv[2])
     fresh = "--fresh-open" in sys.argv[3:]
     sha = snapshot_hash(SNAPSHOT)
-    store = None if fresh else SqliteAuditStore(db)
+    store = None if fresh else SqliteAuditStore(db, create=True)
     if store is not None:
         store.put_policy_snapshot(sha, SNAPSHOT)
     n = 0

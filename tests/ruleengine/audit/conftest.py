@@ -69,7 +69,7 @@ def db_path(tmp_path) -> str:
 def _fill(path: str, snapshot: dict, n: int = len(factory.PLAN)) -> list[str]:
     sha = snapshot_hash(snapshot)
     ids = []
-    with SqliteAuditStore(path) as store:
+    with SqliteAuditStore(path, create=True) as store:
         store.put_policy_snapshot(sha, snapshot)
         for i in range(n):
             method, rank, use_case = factory.PLAN[i % len(factory.PLAN)]
@@ -89,12 +89,14 @@ def filled(db_path, snapshot) -> tuple[str, list[str]]:
     return db_path, _fill(db_path, snapshot)
 
 
-GUARDS = ("records_append_only_update", "records_append_only_delete", "snapshots_append_only_update",
-          "snapshots_append_only_delete")
+GUARDS = tuple(f"{t}_append_only_{op}" for t in ("records", "policy_snapshots", "dictionaries", "signatures", "keys")
+               for op in ("update", "delete"))
 
 
 class Attacker:
-    """Edits a store with plain sqlite3: drops the append-only triggers first, can put them back afterwards."""
+    """Edits a store with plain sqlite3, as someone with write access to the file but without the signing key:
+    drops the append-only triggers first, can put them back afterwards, and reads/writes record bodies through
+    their codec (so an edit is a real edit, not an undecodable blob)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -106,17 +108,57 @@ class Attacker:
         """Run one statement and return its rows."""
         return self.conn.execute(sql, params).fetchall()
 
+    def _dictionary(self, dict_id):
+        if dict_id is None:
+            return None
+        return bytes(self.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,))[0][0])
+
+    def body_bytes(self, seq: int) -> bytes:
+        """Return the canonical body bytes of record ``seq``, decoded."""
+        from ruleengine.audit.codec import decode
+
+        stored, codec, dict_id = self.execute("SELECT body, codec, dict_id FROM records WHERE seq = ?", (seq,))[0]
+        return decode(codec, stored, self._dictionary(dict_id))
+
+    def body(self, seq: int) -> dict:
+        """Return the body (record without chain fields) of record ``seq``."""
+        import json
+
+        return json.loads(self.body_bytes(seq))
+
+    def write_body(self, seq: int, body: dict | bytes, *, rehash: bool = False, prev_hash: str | None = None) -> str:
+        """Store ``body`` (a dict is canonicalised) as record ``seq``'s body with the row's codec; with ``rehash``
+        also recompute its record_hash (and set prev_hash if given). Returns the record hash now stored."""
+        from ruleengine.audit.codec import encode
+        from ruleengine.audit.records import canonical_json, hash_body_bytes
+
+        data = body if isinstance(body, bytes) else canonical_json(body).encode("utf-8")
+        dict_id, prev, stored_hash = self.execute("SELECT dict_id, prev_hash, record_hash FROM records WHERE seq = ?",
+                                                  (seq,))[0]
+        _codec, blob = encode(data, self._dictionary(dict_id))
+        prev = prev_hash or prev
+        new_hash = hash_body_bytes(data, prev) if rehash else stored_hash
+        self.execute("UPDATE records SET body = ?, prev_hash = ?, record_hash = ? WHERE seq = ?",
+                     (blob, prev, new_hash, seq))
+        return new_hash
+
     def restore_guards(self) -> None:
         """Re-create the triggers, as a careful attacker would."""
-        from ruleengine.audit.sqlite_store import _DDL
+        from ruleengine.audit.sqlite_store import GUARDED, _guard_ddl
 
-        for statement in _DDL.split(";\n"):
-            if "CREATE TRIGGER" in statement:
-                self.conn.execute(statement)
+        for table in GUARDED:
+            for ddl in _guard_ddl(table):
+                self.conn.execute(ddl)
 
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+@pytest.fixture
+def attacker_class() -> type:
+    """The Attacker class (for tests that open and close their own, e.g. under hypothesis)."""
+    return Attacker
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def real_store(engine, tmp_path_factory):
 def test_recorded_decisions_verify_and_embed_the_decision(engine, real_store):
     decide, policy = engine
     path, ids = real_store
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         report = store.verify()
         assert report.ok, [p.render() for p in report.problems]
         assert report.records_checked == len(ids) and report.snapshots_checked == 1
@@ -83,7 +83,7 @@ def test_recorded_decisions_verify_and_embed_the_decision(engine, real_store):
 
 def test_every_record_replays_identically(real_store):
     path, ids = real_store
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         results = list(replay_all(store))
     assert [r.record_id for r in results] == ids
     assert [(r.record_id, r.status, [d.render() for d in r.differences], r.error) for r in results

@@ -94,7 +94,7 @@ def test_schema_file_is_valid_and_matches_stored_records(filled):
     schema = load_schema("decision-record.schema.json")
     jsonschema.Draft202012Validator.check_schema(schema)
     path, _ids = filled
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         for rec in store.iter_all():
             jsonschema.validate(rec, schema)
             assert schema_errors(rec) == []
@@ -117,7 +117,7 @@ def test_record_decision_roundtrip(db_path, make_decision, snapshot, snap_sha):
     decision = make_decision()
     rid = record_decision(decision, snapshot, snap_sha, db_path=db_path)
     assert rid == decision["decision_id"]
-    with SqliteAuditStore(db_path, create=False) as store:
+    with SqliteAuditStore(db_path, read_only=True) as store:
         rec = store.get(rid)
         assert rec["seq"] == 1 and rec["prev_hash"] == GENESIS_HASH
         assert rec["record_hash"] == compute_record_hash(rec, rec["prev_hash"])
@@ -152,5 +152,5 @@ def test_record_decision_uses_env_var(monkeypatch, tmp_path, make_decision, snap
     target = tmp_path / "deep" / "dir" / "env.sqlite3"
     monkeypatch.setenv("FINETUNE_POLICY_AUDIT_DB", str(target))
     rid = record_decision(make_decision(), snapshot, snap_sha)
-    with SqliteAuditStore(str(target), create=False) as store:
+    with SqliteAuditStore(str(target), read_only=True) as store:
         assert store.get(rid)["id"] == rid

@@ -22,13 +22,13 @@ from ruleengine.audit import (
 
 
 def test_store_satisfies_the_protocol(db_path):
-    with SqliteAuditStore(db_path) as store:
+    with SqliteAuditStore(db_path, create=True) as store:
         assert isinstance(store, AuditStore)
 
 
 def test_append_chains_records(filled):
     path, ids = filled
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         records = list(store.iter_all())
         assert [r["id"] for r in records] == ids
         assert [r["seq"] for r in records] == list(range(1, len(ids) + 1))
@@ -45,7 +45,7 @@ def test_append_chains_records(filled):
 
 
 def test_wal_mode_and_guards(db_path, make_decision, snapshot, snap_sha):
-    with SqliteAuditStore(db_path) as store:
+    with SqliteAuditStore(db_path, create=True) as store:
         store.put_policy_snapshot(snap_sha, snapshot)
         store.append(build_record(make_decision(), snap_sha))
     conn = sqlite3.connect(db_path)
@@ -59,7 +59,7 @@ def test_wal_mode_and_guards(db_path, make_decision, snapshot, snap_sha):
 
 def test_get_and_resolve_id(filled):
     path, ids = filled
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         assert store.get(ids[3])["seq"] == 4
         assert store.resolve_id(ids[3]) == ids[3]
         assert store.resolve_id(ids[3].lower()) == ids[3]
@@ -76,7 +76,7 @@ def test_get_and_resolve_id(filled):
 
 def test_list_filters(filled):
     path, ids = filled
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         assert [r["id"] for r in store.list()] == ids
         lora = store.list(RecordFilter(method="lora"))
         assert len(lora) == 5 and all(r["decision"]["verdict"]["method"] == "lora" for r in lora)
@@ -92,7 +92,7 @@ def test_list_filters(filled):
 
 
 def test_snapshots_stored_once(db_path, snapshot, snap_sha):
-    with SqliteAuditStore(db_path) as store:
+    with SqliteAuditStore(db_path, create=True) as store:
         assert store.put_policy_snapshot(snap_sha, snapshot) is True
         assert store.put_policy_snapshot(snap_sha, snapshot) is False
         assert store.get_policy_snapshot(snap_sha) == snapshot
@@ -104,7 +104,7 @@ def test_snapshots_stored_once(db_path, snapshot, snap_sha):
 
 
 def test_append_rejects_chained_or_invalid_records(db_path, make_decision, snapshot, snap_sha):
-    with SqliteAuditStore(db_path) as store:
+    with SqliteAuditStore(db_path, create=True) as store:
         rec = build_record(make_decision(), snap_sha)
         with pytest.raises(InvalidRecord, match="snapshot"):
             store.append(rec)  # the policy snapshot must be stored first
@@ -146,7 +146,7 @@ def test_corrupt_and_foreign_files(tmp_path):
 
 
 def test_newer_store_version_is_refused(db_path):
-    SqliteAuditStore(db_path).close()
+    SqliteAuditStore(db_path, create=True).close()
     conn = sqlite3.connect(db_path)
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'store_version'")
     conn.commit()
@@ -156,6 +156,6 @@ def test_newer_store_version_is_refused(db_path):
 
 
 def test_empty_store_verifies(db_path):
-    with SqliteAuditStore(db_path) as store:
+    with SqliteAuditStore(db_path, create=True) as store:
         report = store.verify()
     assert report.ok and report.records_checked == 0 and report.head_seq == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -174,3 +175,102 @@ def attacker():
     yield open_
     for a in opened:
         a.close()
+
+
+# --- PostgreSQL: a real server in a temporary directory, for the whole session ---------------------------------
+
+
+def _pg_binary(name: str) -> str | None:
+    """Return ``name`` from PATH, else from the newest /usr/lib/postgresql/*/bin (Debian's layout)."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = glob.glob(f"/usr/lib/postgresql/*/bin/{name}")
+    candidates.sort(key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return candidates[-1] if candidates else None
+
+
+class PgServer:
+    """A running PostgreSQL server: ``admin_url`` (superuser ``postgres``), ``new_database()`` per test."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.admin_url = f"postgresql://postgres@{host}:{port}/postgres"
+        self._n = 0
+
+    def url(self, dbname: str, user: str = "postgres") -> str:
+        """Return the URL of database ``dbname`` as ``user``."""
+        return f"postgresql://{user}@{self.host}:{self.port}/{dbname}"
+
+    def admin(self, sql: str, params: tuple = (), dbname: str = "postgres") -> list[tuple]:
+        """Run one statement as the superuser (autocommit) and return its rows (empty when it returns none)."""
+        import psycopg
+
+        with psycopg.connect(self.url(dbname), autocommit=True) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def new_database(self) -> str:
+        """Create an empty database and return its name."""
+        self._n += 1
+        name = f"audit_{os.getpid()}_{self._n}"
+        self.admin(f"CREATE DATABASE {name}")
+        return name
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Start a PostgreSQL server (initdb + pg_ctl into a temporary directory, loopback only, a free port) for the
+    session; stop and delete it at the end. Skips when the server binaries or psycopg are missing."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install -e '.[postgres]'")
+    base = tempfile.mkdtemp(prefix="audit-pg-")
+    run_as: dict = {}
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as an unprivileged user
+        import pwd
+
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
+        os.chown(base, account.pw_uid, account.pw_gid)
+        run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, log = os.path.join(base, "data"), os.path.join(base, "server.log")
+    subprocess.run([initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
+                   check=True, capture_output=True, timeout=120, **run_as)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+    started = subprocess.run([pg_ctl, "-D", data, "-o", opts, "-w", "-t", "60", "-l", log, "start"],
+                             capture_output=True, text=True, timeout=120, **run_as)
+    if started.returncode != 0:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            server_log = fh.read()
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"pg_ctl start failed: {started.stderr}\n{server_log}")
+    try:
+        yield PgServer("127.0.0.1", port)
+    finally:
+        subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=120,
+                       **run_as)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return pg_server.url(pg_server.new_database())

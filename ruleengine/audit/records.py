@@ -135,8 +135,10 @@ def utc_now_iso(now: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@lru_cache(maxsize=1)
 def caller_identity() -> str:
-    """Return ``user@host`` for the current process (``unknown`` for a part that cannot be determined)."""
+    """Return ``user@host`` for the current process (``unknown`` for a part that cannot be determined); looked up
+    once per process (a passwd lookup per record cost as much as signing it)."""
     try:
         user = getpass.getuser()
     except Exception:  # no USER/LOGNAME and no passwd entry (containers)

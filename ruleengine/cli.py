@@ -464,8 +464,15 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
     def body() -> int:
         from .service import DecisionService, make_server
 
+        from .audit import AuditError
+
         policy = load_policy_or_default(policy_path)
-        service = DecisionService(policy, audit=not no_audit, audit_db=audit_db)
+        try:
+            service = DecisionService(policy, audit=not no_audit, audit_db=audit_db)
+        except AuditError as exc:
+            click.echo(f"error: the audit store cannot be used: {exc}\n  help: fix --audit-db / "
+                       "FINETUNE_POLICY_AUDIT_DB (or FINETUNE_POLICY_AUDIT_KEY), or pass --no-audit", err=True)
+            return EXIT_AUDIT_WRITE if exc.exit_code in (2, 7) else exc.exit_code
         try:
             server = make_server(service, host, port, verbose)
         except OSError as exc:
@@ -480,6 +487,7 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
             pass
         finally:
             server.server_close()
+            service.close()
         return 0
 
     run_guarded(error_format, body)

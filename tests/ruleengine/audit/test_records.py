@@ -154,3 +154,30 @@ def test_record_decision_uses_env_var(monkeypatch, tmp_path, make_decision, snap
     rid = record_decision(make_decision(), snapshot, snap_sha)
     with SqliteAuditStore(str(target), read_only=True) as store:
         assert store.get(rid)["id"] == rid
+
+
+def test_fast_and_reference_validators_agree(make_decision, snap_sha):
+    """The compiled validator (fastjsonschema, draft 7) and jsonschema (2020-12) judge records the same."""
+    from ruleengine.audit.records import _fast_validator, _validator, record_is_valid
+
+    if _fast_validator() is None:
+        pytest.skip("fastjsonschema is not installed")
+    base = dict(build_record(make_decision(), snap_sha), seq=1, prev_hash=GENESIS_HASH, record_hash=GENESIS_HASH)
+    d = base["decision"]
+    variants = [base, {**base, "extra": 1}, {**base, "seq": 0}, {**base, "id": "lower-case-id"},
+                {**base, "record_version": 2}, {**base, "caller": ""}, {**base, "prev_hash": "X" * 64},
+                {**base, "decision": {**d, "feasible": "yes"}}, {**base, "decision": {**d, "verdict": {"rank": 4}}},
+                {**base, "decision": {**d, "matched_rules": [1]}}, {**base, "decision": {**d, "verdict": None}},
+                {**base, "policy": {**base["policy"], "sha256": "nope"}}, {**base, "recorded_at": "yesterday"}]
+    for v in variants:
+        assert record_is_valid(v) == _validator().is_valid(v), v
+
+
+def test_prepared_body_is_the_canonical_json_of_the_record(make_decision, snap_sha):
+    from ruleengine.audit.records import prepare_record, record_body
+
+    prepared = prepare_record(make_decision(), snap_sha)
+    body = dict(prepared.envelope, seq=42)
+    assert prepared.body_bytes(42) == canonical_json(record_body(body)).encode("utf-8")
+    odd = {**make_decision(), "metrics": {2: "two", 10: "ten"}}  # int keys: copied first, so still canonical
+    assert prepare_record(odd, snap_sha).decision_text == canonical_json(json.loads(json.dumps(odd)))

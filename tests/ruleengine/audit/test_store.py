@@ -159,3 +159,47 @@ def test_empty_store_verifies(db_path):
     with SqliteAuditStore(db_path, create=True) as store:
         report = store.verify()
     assert report.ok and report.records_checked == 0 and report.head_seq == 0
+
+
+def test_version_1_store_still_verifies_and_is_upgraded_by_a_writer(tmp_path, make_decision, snapshot, snap_sha):
+    """A store written by store version 1 (plain canonical JSON bodies, no signatures) verifies unchanged when
+    opened read-only (and is not modified), and a writer upgrades it in place and chains on from its head."""
+    from ruleengine.audit import AuditWriter, PolicySnapshot
+    from ruleengine.audit.records import canonical_json, compute_record_hash, index_columns, record_body
+
+    path = str(tmp_path / "v1.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for ddl in ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, recorded_at TEXT NOT NULL, "
+                "policy_name TEXT, policy_sha256 TEXT NOT NULL, method TEXT, feasible INTEGER, body TEXT NOT NULL, "
+                "prev_hash TEXT NOT NULL, record_hash TEXT NOT NULL)",
+                "CREATE TABLE policy_snapshots (sha256 TEXT PRIMARY KEY, snapshot TEXT NOT NULL, stored_at TEXT NOT NULL)"):
+        conn.execute(ddl)
+    for name, table in (("records_append_only_update", "records"), ("records_append_only_delete", "records"),
+                        ("snapshots_append_only_update", "policy_snapshots"),
+                        ("snapshots_append_only_delete", "policy_snapshots")):
+        op = "UPDATE" if name.endswith("update") else "DELETE"
+        conn.execute(f"CREATE TRIGGER {name} BEFORE {op} ON {table} BEGIN SELECT RAISE(ABORT, 'x'); END")
+    conn.execute("INSERT INTO policy_snapshots VALUES (?, ?, 'then')", (snap_sha, canonical_json(snapshot)))
+    prev = GENESIS_HASH
+    for seq in (1, 2):
+        rec = dict(build_record(make_decision(), snap_sha), seq=seq)
+        h = compute_record_hash(rec, prev)
+        cols = index_columns(rec)
+        conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (seq, cols["id"], cols["recorded_at"], cols["policy_name"], cols["policy_sha256"], cols["method"],
+                      cols["feasible"], canonical_json(record_body(rec)), prev, h))
+        prev = h
+    for key, value in (("store_version", "1"), ("head_seq", "2"), ("head_hash", prev), ("created_at", "then")):
+        conn.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+    conn.close()
+    with open_store(path) as store:
+        assert store.version == "1" and store.verify().ok
+    with AuditWriter(path) as writer:
+        writer.append(make_decision(), PolicySnapshot(snap_sha, snapshot))
+    with open_store(path) as store:
+        report = store.verify()
+        assert store.version == "2" and report.ok, [p.render() for p in report.problems]
+        assert [r["seq"] for r in store.iter_all()] == [1, 2, 3]
+        assert store.get(store.list()[2]["id"])["prev_hash"] == prev

@@ -462,9 +462,8 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
     diagnostics. Decisions are audited as with the CLI. Stop with Ctrl-C.
     """
     def body() -> int:
-        from .service import DecisionService, make_server
-
         from .audit import AuditError
+        from .service import DecisionService, make_server
 
         policy = load_policy_or_default(policy_path)
         try:

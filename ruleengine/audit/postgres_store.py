@@ -16,7 +16,7 @@ REPEATABLE READ transaction, so they need only SELECT privileges and see one con
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .chain import (
@@ -156,7 +156,7 @@ class PostgresAuditStore:
         conn = getattr(self, "_conn", None)
         if conn is not None:
             conn.close()
-            self._conn = None  # type: ignore[assignment]
+            self._conn = None
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         psycopg = _psycopg()
@@ -447,7 +447,7 @@ class PostgresAuditStore:
                 continue
         return out
 
-    def verify(self, anchor: tuple[int, str] | None = None, public_keys: list[PublicKey] | None = None, *,
+    def verify(self, anchor: tuple[int, str] | None = None, public_keys: Sequence[PublicKey] | None = None, *,
                all_signatures: bool = False) -> VerifyReport:
         """The checks of ``SqliteAuditStore.verify`` (the guards are the append-only and no-truncate triggers,
         which must exist and be enabled), inside one REPEATABLE READ, READ ONLY transaction."""

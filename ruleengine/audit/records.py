@@ -350,7 +350,8 @@ def prepare_record(decision: dict, policy_sha256: str, *, now: datetime | None =
         raise InvalidRecord(f"decision_id must be a 26-character ULID, got {decision_id!r}")
     if not isinstance(policy_sha256, str) or not HASH_RE.match(policy_sha256):
         raise InvalidRecord(f"policy_sha256 must be 64 lowercase hex digits, got {policy_sha256!r}")
-    pol = decision.get("policy") if isinstance(decision.get("policy"), dict) else {}
+    raw_pol = decision.get("policy")
+    pol: dict = raw_pol if isinstance(raw_pol, dict) else {}
     if pol.get("sha256") not in (None, policy_sha256):
         raise InvalidRecord(f"the decision was made with policy {pol.get('sha256')} but the snapshot given is "
                             f"{policy_sha256}")

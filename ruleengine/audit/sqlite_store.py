@@ -21,7 +21,7 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -641,7 +641,7 @@ class SqliteAuditStore:
                 continue
         return out
 
-    def verify(self, anchor: tuple[int, str] | None = None, public_keys: list[PublicKey] | None = None, *,
+    def verify(self, anchor: tuple[int, str] | None = None, public_keys: Sequence[PublicKey] | None = None, *,
                all_signatures: bool = False) -> VerifyReport:
         """Check every record (contiguous seq, the hash of the stored bytes, links, duplicate keys, schema, index
         columns), the head kept in ``meta``, the append-only triggers, every policy snapshot and compression

@@ -29,7 +29,8 @@ from .store import AuditError, StoreNotWritable
 class PolicyLike(Protocol):
     """What the writer needs of a policy: its content hash and its snapshot (``ruleengine.policy.Policy``)."""
 
-    sha256: str
+    @property
+    def sha256(self) -> str: ...
 
     def snapshot(self) -> dict: ...
 
@@ -147,7 +148,8 @@ class AuditWriter:
                 if self._committing:
                     self._cond.wait()
                     continue
-                batch, size = [], 0
+                batch: list[_Pending] = []
+                size = 0
                 while self._queue and (not batch or size + len(self._queue[0].records) <= self.max_batch):
                     item = self._queue.pop(0)
                     batch.append(item)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ruleengine.audit import SqliteAuditStore, canonical_json, compute_record_hash, verify_jsonl, write_jsonl
+from ruleengine.audit import SqliteAuditStore, canonical_json, verify_jsonl, write_jsonl
 
 
 def verify(path: str, anchor=None):

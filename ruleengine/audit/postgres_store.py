@@ -127,14 +127,11 @@ class PostgresAuditStore:
         self._dicts_by_policy: dict[str, Dictionary] = {}
         self._dicts_by_id: dict[int, bytes] = {}
         self._keys_known: set[str] = set()
+        self._url = url
+        self._connect_timeout_s = connect_timeout_s
+        self._conn = self._connect()
         err = StoreUnavailable if read_only else StoreNotWritable
         try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout_s)
-        except psycopg.Error as exc:
-            raise err(f"cannot connect to audit store {self.path}: {str(exc).strip()}") from None
-        try:
-            if read_only:
-                self._conn.execute("SET default_transaction_read_only = on")
             self._store_id = self._check_store(create)
         except psycopg.Error as exc:
             self._conn.close()
@@ -142,6 +139,28 @@ class PostgresAuditStore:
         except AuditError:
             self._conn.close()
             raise
+
+    def _connect(self) -> Any:
+        psycopg = _psycopg()
+        err = StoreUnavailable if self.read_only else StoreNotWritable
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._connect_timeout_s)
+            if self.read_only:
+                conn.execute("SET default_transaction_read_only = on")
+        except psycopg.Error as exc:
+            raise err(f"cannot connect to audit store {self.path}: {str(exc).strip()}") from None
+        return conn
+
+    def _reconnect_if_broken(self) -> None:
+        """Replace a connection the server closed (restart, failover, idle timeout) by a new one to the same
+        store; raises StoreNotWritable when the server is still unreachable or now holds another store."""
+        if self._conn is None or not self._conn.closed:
+            return
+        self._conn = self._connect()
+        meta = dict(self._conn.execute(f"SELECT key, value FROM {SCHEMA}.meta WHERE key = 'store_id'").fetchall())
+        if meta.get("store_id") != self._store_id:
+            raise StoreNotWritable(f"audit store {self.path} is another store since the reconnection; refusing to "
+                                   "write into it. Restart the writer")
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -174,8 +193,14 @@ class PostgresAuditStore:
         if self._conn is None:
             raise StoreNotWritable(f"audit store {self.path} is closed")
         try:
+            self._reconnect_if_broken()
             with self._conn.transaction():
                 return fn(self._conn)
+        except psycopg.OperationalError as exc:
+            if self._conn is not None and self._conn.closed:  # the server went away: next call reconnects
+                raise StoreNotWritable(f"lost the connection to audit store {self.path}: {str(exc).strip()}") \
+                    from None
+            raise StoreNotWritable(f"audit store {self.path} cannot be written: {str(exc).strip()}") from None
         except psycopg.errors.UniqueViolation as exc:
             raise InvalidRecord(f"already in the audit store: {str(exc).strip()}") from None
         except psycopg.errors.UndefinedTable:

@@ -166,6 +166,7 @@ class SqliteAuditStore:
         self.path = str(path)
         self.read_only = read_only
         self.retry_deadline_s = retry_deadline_s
+        self._busy_timeout_s = busy_timeout_s
         self._snapshots_known: set[str] = set()
         self._dicts_by_policy: dict[str, Dictionary] = {}
         self._dicts_by_id: dict[int, bytes] = {}
@@ -532,13 +533,18 @@ class SqliteAuditStore:
         self.check_file()
         if not os.access(self.path, os.W_OK):
             raise StoreNotWritable(f"audit store {self.path} is not writable by this process")
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 0")  # a probe answers now: a lock held by a writer means "busy", not down
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
         except sqlite3.DatabaseError as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise StoreNotWritable(f"audit store {self.path} cannot be written: {exc}") from None
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not _is_busy(exc):
+                raise StoreNotWritable(f"audit store {self.path} cannot be written: {exc}") from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
     # -- reading ----------------------------------------------------------------------------------------------
 

@@ -162,3 +162,21 @@ def test_db_admin_without_the_key_is_caught(pg_server, make_decision, snapshot, 
     assert {p.kind for p in internal.problems} == {"signed-hash-mismatch", "unsigned-records"}
     kinds = [(p.seq, p.kind) for p in proven.problems]
     assert (2, "signed-hash-mismatch") in kinds and (2, "unsigned-records") in kinds
+
+
+def test_writer_reconnects_after_the_server_drops_its_connection(pg_server, pg_url, make_decision, snapshot,
+                                                                  snap_sha):
+    """A dropped connection (server restart, failover) fails the call in flight, closed; the next call reconnects
+    to the same store (same store_id) and the chain goes on."""
+    policy = PolicySnapshot(snap_sha, snapshot)
+    writer = AuditWriter(pg_url, create=True)
+    writer.append(make_decision(), policy)
+    pid = writer.store._conn.info.backend_pid
+    pg_server.admin("SELECT pg_terminate_backend(%s)", (pid,))
+    ok, why = writer.healthy()
+    assert not ok and "connection" in why
+    assert writer.healthy() == (True, "ok")
+    writer.append(make_decision(), policy)
+    writer.close()
+    with open_store(pg_url) as store:
+        assert store.count() == 2 and store.verify().ok

@@ -418,11 +418,9 @@ def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, public_key
 
     anchor_t = parse_anchor(anchor)
     keys = [load_public_key(p) for p in public_keys]
-    if keys and jsonl is not None:
-        raise click.UsageError("--public-key checks a store's signed heads; JSONL exports carry no signatures")
     if jsonl is not None:
         try:
-            report = verify_jsonl(jsonl, anchor=anchor_t)
+            report = verify_jsonl(jsonl, anchor=anchor_t, public_keys=keys or None, all_signatures=all_signatures)
         except OSError as exc:
             raise AuditError(f"cannot read {jsonl}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
@@ -544,18 +542,22 @@ def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bo
               help="jsonl: one canonical JSON record per line, seq order, chain fields included.")
 @click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE instead of standard output.")
+@click.option("--signatures", "with_signatures", is_flag=True,
+              help="Append the signed chain heads as {\"head_signature\": ...} lines after the records, so that "
+                   "`verify --jsonl FILE --public-key KEY` proves the export was written by the key holder.")
 @handle_errors
-def export_cmd(db: str | None, fmt: str, output: str | None) -> None:
+def export_cmd(db: str | None, fmt: str, output: str | None, with_signatures: bool) -> None:
     """Export the whole chain, e.g. for archiving; check a copy later with `decide audit verify --jsonl FILE`.
 
     Policy snapshots are not exported (the records name them by sha256).
     """
     with open_reader(db) as store:
+        sigs = list(store.iter_signatures()) if with_signatures else []
         if output is None:
-            count = write_jsonl(store.iter_all(), sys.stdout)
+            count = write_jsonl(store.iter_all(), sys.stdout, sigs)
         else:
             with open(output, "w", encoding="utf-8", newline="\n") as fh:
-                count = write_jsonl(store.iter_all(), fh)
+                count = write_jsonl(store.iter_all(), fh, sigs)
     click.echo(f"exported {count} record(s)" + (f" to {output}" if output else ""), err=True)
 
 

@@ -462,6 +462,12 @@ class PostgresAuditStore:
         except (ValueError, TypeError) as exc:
             raise StoreUnavailable(f"policy snapshot {sha256} in {self.path} is not JSON: {exc}") from None
 
+    def iter_signatures(self) -> Iterator[SignatureRow]:
+        """Yield the stored head signatures in seq order."""
+        for r in self._query(f"SELECT seq, record_hash, key_id, signed_at, signature FROM {SCHEMA}.signatures "
+                             "ORDER BY seq"):
+            yield SignatureRow(int(r[0]), r[1], r[2], r[3], bytes(r[4]))
+
     def stored_public_keys(self) -> dict[str, PublicKey]:
         """Return the public keys kept in the store (unproven; see SqliteAuditStore.stored_public_keys)."""
         out = {}

@@ -675,14 +675,36 @@ def index_columns(record: dict) -> dict[str, Any]:
     return {name: _column_value(record, name) for name in INDEX_COLUMNS}
 
 
-def write_jsonl(records: Iterable[dict], out: IO[str]) -> int:
-    """Write each record as one canonical JSON line (chain fields included); return the number written."""
+SIGNATURE_LINE = "head_signature"
+
+
+def write_jsonl(records: Iterable[dict], out: IO[str], signatures: Iterable[SignatureRow] = ()) -> int:
+    """Write each record as one canonical JSON line (chain fields included), then each head signature as a line
+    ``{"head_signature": {"key_id", "record_hash", "seq", "signature" (hex), "signed_at"}}``; return the number
+    of records written."""
     count = 0
     for record in records:
         out.write(canonical_json(record))
         out.write("\n")
         count += 1
+    for sig in signatures:
+        out.write(canonical_json({SIGNATURE_LINE: {"key_id": sig.key_id, "record_hash": sig.record_hash,
+                                                   "seq": sig.seq, "signature": sig.signature.hex(),
+                                                   "signed_at": sig.signed_at}}))
+        out.write("\n")
     return count
+
+
+def _signature_of(value: dict) -> SignatureRow | None:
+    """Return the SignatureRow of a ``head_signature`` line, or None when the line is not one (or malformed)."""
+    if set(value) != {SIGNATURE_LINE} or not isinstance(value[SIGNATURE_LINE], dict):
+        return None
+    sig = value[SIGNATURE_LINE]
+    try:
+        return SignatureRow(int(sig["seq"]), str(sig["record_hash"]), str(sig["key_id"]), str(sig["signed_at"]),
+                            bytes.fromhex(str(sig["signature"])))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _iter_jsonl(fh: IO[str]) -> Iterator[tuple[int, dict | None, str | None, str | None]]:
@@ -708,8 +730,10 @@ def _iter_jsonl(fh: IO[str]) -> Iterator[tuple[int, dict | None, str | None, str
         yield lineno, value, None, None if canonical else "not-canonical"
 
 
-def verify_jsonl(path: str, anchor: tuple[int, str] | None = None) -> VerifyReport:
-    """Verify an exported JSONL file (one record per line, from seq 1): the same chain checks as the store.
+def verify_jsonl(path: str, anchor: tuple[int, str] | None = None, public_keys: list[Any] | None = None, *,
+                 all_signatures: bool = False) -> VerifyReport:
+    """Verify an exported JSONL file (one record per line, from seq 1, then any head-signature lines): the same
+    chain checks as the store, and with ``public_keys`` the signed heads exported with ``--signatures``.
 
     Each line must be the canonical JSON of its record (so the bytes hashed are exactly the line's, re-ordered
     around the chain fields); a line that is not is reported ``not-canonical``. Policy snapshots are not part
@@ -718,8 +742,15 @@ def verify_jsonl(path: str, anchor: tuple[int, str] | None = None) -> VerifyRepo
     """
     verifier = ChainVerifier(source=path, anchor=anchor)
     verifier.report.bytes_hashed = False
+    if public_keys:
+        with open(path, encoding="utf-8") as fh:
+            sigs = [s for _n, v, _e, _k in _iter_jsonl(fh) if v is not None and (s := _signature_of(v))]
+        verifier.expect_signatures(sigs, {k.key_id: k for k in public_keys}, proven=True,
+                                   all_signatures=all_signatures)
     with open(path, encoding="utf-8") as fh:
         for lineno, record, error, kind in _iter_jsonl(fh):
+            if record is not None and SIGNATURE_LINE in record and _signature_of(record) is not None:
+                continue
             seq = record.get("seq") if record is not None else verifier._prev_seq + 1
             if kind == "duplicate-key":
                 verifier.report.records_checked += 1

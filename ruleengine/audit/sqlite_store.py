@@ -634,6 +634,13 @@ class SqliteAuditStore:
         except (ValueError, TypeError) as exc:
             raise StoreUnavailable(f"policy snapshot {sha256} in {self.path} is not JSON: {exc}") from None
 
+    def iter_signatures(self) -> Iterator[SignatureRow]:
+        """Yield the stored head signatures in seq order (none for a version 1 store)."""
+        if self.version == "1":
+            return
+        for r in self._query("SELECT seq, record_hash, key_id, signed_at, signature FROM signatures ORDER BY seq"):
+            yield SignatureRow(int(r[0]), r[1], r[2], r[3], bytes(r[4]))
+
     def stored_public_keys(self) -> dict[str, PublicKey]:
         """Return the public keys the store keeps beside its signatures (unproven: anyone with write access to
         the store could replace them; an auditor passes their own with ``--public-key``)."""

@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -331,7 +332,8 @@ def test_reader_without_write_permission_can_verify_list_show_export(signed, tmp
     before = copy.read_bytes()
     try:
         cmd = [*prefix, sys.executable, "-m", "ruleengine.audit.cli"]
-        env = dict(os.environ, PYTHONPATH=os.getcwd())
+        root = str(Path(__file__).resolve().parents[3])  # the checkout under test, not an installed copy
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         for args in (["verify", "--public-key", pub], ["list"], ["show", ids[0]], ["export"]):
             res = subprocess.run([*cmd, *args, "--db", str(copy)], capture_output=True, text=True, env=env,
                                  timeout=120)
@@ -357,3 +359,26 @@ def test_read_only_open_writes_nothing(signed):
         with pytest.raises(StoreNotWritable, match="read-only"):
             store.put_policy_snapshot("ab" * 32, {"root": "p.yaml", "files": {"p.yaml": "x"}}) if \
                 False else store._write(lambda conn: None)
+
+
+def test_export_with_signatures_is_proven_offline(signed, tmp_path):
+    """An export with --signatures carries the signed heads: a copy verifies with the public key anywhere, and a
+    record appended to the file by someone without the key is reported."""
+    path, ids, pub = signed
+    out = tmp_path / "chain.jsonl"
+    runner = CliRunner()
+    res = runner.invoke(audit_group, ["export", "--db", path, "--signatures", "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 16 and all("head_signature" in line for line in lines[8:])
+    res = runner.invoke(audit_group, ["verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
+    assert res.exit_code == 0 and "signed: every record up to seq 8" in res.stdout
+    # drop the last record and its signature, then forge a ninth record chained onto the eighth's hash
+    records = [json.loads(line) for line in lines[:8]]
+    forged = dict(records[-1], seq=9, prev_hash=records[-1]["record_hash"], caller="mallory@elsewhere")
+    from ruleengine.audit.records import compute_record_hash
+
+    forged["record_hash"] = compute_record_hash(forged, forged["prev_hash"])
+    out.write_text("\n".join(lines[:8] + [canonical_json(forged)] + lines[8:]) + "\n", encoding="utf-8")
+    res = runner.invoke(audit_group, ["verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
+    assert res.exit_code == 6 and "seq 9 carry no valid signature" in res.stdout

@@ -122,6 +122,7 @@ class PostgresAuditStore:
         self.location = StoreLocation("postgresql", url=url)
         self.path = self.location.display()
         self.read_only = read_only
+        self.created = False
         self.version = STORE_VERSION
         self._snapshots_known: set[str] = set()
         self._dicts_by_policy: dict[str, Dictionary] = {}
@@ -252,6 +253,7 @@ class PostgresAuditStore:
             return store_id
 
         store_id = self._write(create)
+        self.created = bool(store_id)
         return store_id or self._check_store(create=False)
 
     def _dictionary(self, dict_id: int) -> bytes | None:

@@ -165,6 +165,7 @@ class SqliteAuditStore:
         """
         self.path = str(path)
         self.read_only = read_only
+        self.created = False
         self.retry_deadline_s = retry_deadline_s
         self._busy_timeout_s = busy_timeout_s
         self._snapshots_known: set[str] = set()
@@ -321,6 +322,7 @@ class SqliteAuditStore:
             if self.read_only or not create:
                 raise NotAnAuditStore(f"{self.path} is an empty SQLite database, not an audit store")
             if self._initialize():
+                self.created = True
                 return STORE_VERSION
             return self._check_store(create=False)  # another writer initialized it first: judge what it made
         is_v1 = {"meta", "records", "policy_snapshots"} <= tables and app_id == 0

@@ -154,9 +154,11 @@ class AuditStore(Protocol):
         """Yield every record in seq order (full records, chain fields included)."""
         ...
 
-    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyReport:
-        """Check the whole chain and every stored policy snapshot; return a VerifyReport (never raises for
-        tampering, only StoreUnavailable when the store cannot be read at all)."""
+    def verify(self, anchor: tuple[int, str] | None = None, public_keys: Any = None, *,
+               all_signatures: bool = False) -> VerifyReport:
+        """Check the whole chain, its signed heads and every stored policy snapshot; ``public_keys`` (the
+        auditor's ``signing.PublicKey``s) require every record to be covered by a valid signature. Returns a
+        VerifyReport (never raises for tampering, only StoreUnavailable when the store cannot be read at all)."""
         ...
 
     def put_policy_snapshot(self, sha256: str, snapshot: dict) -> bool:
@@ -170,4 +172,25 @@ class AuditStore(Protocol):
 
     def close(self) -> None:
         """Release the store's resources; further calls are errors."""
+        ...
+
+
+@runtime_checkable
+class WritableAuditStore(AuditStore, Protocol):
+    """What ``AuditWriter`` needs of a backend beyond ``AuditStore`` (both bundled backends provide it)."""
+
+    created: bool  # True when this open created the store
+
+    def append_batch(self, batch: list, key: Any) -> list[str]:
+        """Chain ``records.PreparedRecord``s in one transaction after the head, sign the new head with ``key``
+        (a ``signing.SigningKey``, or None), commit; return their ids. Raises InvalidRecord, StoreNotWritable,
+        AuditError (busy)."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StoreNotWritable unless an append could commit now; writes nothing."""
+        ...
+
+    def iter_signatures(self) -> Iterator[Any]:
+        """Yield the stored head signatures (``records.SignatureRow``) in seq order."""
         ...

@@ -14,6 +14,7 @@ retried one by one, so one bad record fails only its own caller.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -92,6 +93,10 @@ class AuditWriter:
         self.key = key
         self.max_batch = max(1, int(max_batch))
         self.store = open_writable_store(self.location, create=create, synchronous=synchronous)
+        if getattr(self.store, "created", False):
+            # never silent: a store that vanished and comes back empty must be noticed (the chain restarts at 1)
+            logging.getLogger("ruleengine.audit").warning("created a new, empty audit store at %s",
+                                                          self.location.display())
         self._cond = threading.Condition(threading.Lock())
         self._store_lock = threading.Lock()
         self._queue: list[_Pending] = []

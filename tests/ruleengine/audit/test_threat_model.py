@@ -382,3 +382,11 @@ def test_export_with_signatures_is_proven_offline(signed, tmp_path):
     out.write_text("\n".join(lines[:8] + [canonical_json(forged)] + lines[8:]) + "\n", encoding="utf-8")
     res = runner.invoke(audit_group, ["verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
     assert res.exit_code == 6 and "seq 9 carry no valid signature" in res.stdout
+
+
+def test_creating_a_store_is_never_silent(db_path, make_decision, snapshot, snap_sha, caplog):
+    with caplog.at_level("WARNING", logger="ruleengine.audit"):
+        record_decision(make_decision(), snapshot, snap_sha, db_path=db_path)
+        record_decision(make_decision(), snapshot, snap_sha, db_path=db_path)
+    created = [r for r in caplog.records if "created a new, empty audit store" in r.getMessage()]
+    assert len(created) == 1 and db_path in created[0].getMessage()

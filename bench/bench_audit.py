@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--postgres", metavar="URL", default=None,
                     help="also append to this PostgreSQL database (empty, or an audit store)")
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("ruleengine.audit").setLevel(logging.ERROR)  # every run creates stores: no warning each
     decisions, policy = sample_decisions()
     key = SigningKey.generate()
     print(f"{len(decisions)} distinct decisions, n = {args.n}")

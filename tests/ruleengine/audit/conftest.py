@@ -252,8 +252,11 @@ def pg_server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data, log = os.path.join(base, "data"), os.path.join(base, "server.log")
-    subprocess.run([initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
-                   check=True, capture_output=True, timeout=120, **run_as)
+    made = subprocess.run([initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
+                           "--locale=C"], capture_output=True, text=True, timeout=120, **run_as)
+    if made.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"initdb failed: {made.stderr}")
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
     started = subprocess.run([pg_ctl, "-D", data, "-o", opts, "-w", "-t", "60", "-l", log, "start"],
                              capture_output=True, text=True, timeout=120, **run_as)

@@ -2,6 +2,8 @@
 
 Endpoints (all JSON):
   GET  /healthz            liveness and the loaded policy (name, version, sha256)
+  GET  /readyz             readiness: 200 when decisions can be recorded, 503 (with why) when the audit store
+                           cannot be written (missing, deleted, replaced, read-only, unreachable): fail closed
   GET  /v1/policy          the policy's identity, use cases and GPU catalog
   POST /v1/decide          body: facts (as in a facts file); ?explain=1 adds counterfactuals
   POST /v1/explain         same as /v1/decide?explain=1
@@ -9,13 +11,15 @@ Endpoints (all JSON):
 
 Errors are ``{"error": {"code", "message"}, "diagnostics": [...]}`` with 400 (bad JSON or facts,
 located by line/column or field path), 404, 405, 411, 413 (body over ``MAX_BODY``), 415, 500.
-Every decision is recorded in the audit store unless the server runs with ``--no-audit``.
+Every decision is recorded in the audit store unless the server runs with ``--no-audit``: one
+``AuditWriter`` is opened at start-up (creating the store if missing, never again afterwards) and a decision is
+answered only once its record is committed; when the store cannot be written the answer is 503
+``audit-store-unavailable`` and no decision is handed out unrecorded.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,12 +42,25 @@ class ServiceError(Exception):
 class DecisionService:
     """The request handling, independent of the HTTP server (testable alone)."""
 
-    def __init__(self, engine: Any, *, audit: bool = True, audit_db: str | None = None):
+    def __init__(self, engine: Any, *, audit: bool = True, audit_db: str | None = None,
+                 audit_writer: Any = None):
+        """Serve ``engine`` (an ``api.PolicyEngine``); open the audit writer (unless ``audit`` is False or one
+        is given). Raises ``ruleengine.audit`` errors (StoreNotWritable, NotAnAuditStore, SigningKeyError)
+        when the store or key cannot be used."""
         self.engine = engine
         self.policy = engine.policy
         self.audit = audit
         self.audit_db = audit_db
-        self._audit_lock = threading.Lock()
+        self.audit_writer = audit_writer
+        if audit and audit_writer is None:
+            from .audit import AuditWriter
+
+            self.audit_writer = AuditWriter(audit_db, create=True)
+
+    def close(self) -> None:
+        """Close the audit writer (waits for appends in flight)."""
+        if self.audit_writer is not None:
+            self.audit_writer.close()
 
     def identity(self) -> dict:
         """Return the loaded policy's name, version and hashes."""
@@ -54,6 +71,7 @@ class DecisionService:
         """Return (HTTP status, JSON body) for one request; raises ServiceError for client errors."""
         routes = {
             ("GET", "/healthz"): lambda: {"status": "ok", "policy": self.identity()},
+            ("GET", "/readyz"): self._ready,
             ("GET", "/v1/policy"): self._policy_info,
             ("POST", "/v1/decide"): lambda: self._decide(body, explain=_flag(query, "explain")),
             ("POST", "/v1/explain"): lambda: self._decide(body, explain=True),
@@ -68,20 +86,32 @@ class DecisionService:
                                "POST /v1/decide, /v1/explain, /v1/estimate, GET /v1/policy")
         return HTTPStatus.OK, action()
 
+    def _ready(self) -> dict:
+        if self.audit_writer is not None:
+            ok, why = self.audit_writer.healthy()
+            if not ok:
+                raise ServiceError(HTTPStatus.SERVICE_UNAVAILABLE, "audit-store-unavailable", why)
+        return {"status": "ready", "audit": self.audit_writer is not None}
+
     def _policy_info(self) -> dict:
         p = self.policy
         return {**self.identity(), "use_cases": {k: v.get("label", k) for k, v in p.use_cases.items()},
                 "gpus": p.gpus, "rules": [r.id for r in p.rules]}
 
     def _decide(self, body: bytes | None, explain: bool) -> dict:
-        from . import api
-
         facts = parse_facts(body)
         decision = _client_errors(lambda: self.engine.decide(facts, explain=explain))
         data = decision.to_dict()
-        if self.audit:
-            with self._audit_lock:
-                data["audit_record"] = api.record(data, self.engine, audit_db=self.audit_db)
+        if self.audit_writer is not None:
+            from .audit import AuditError, InvalidRecord
+
+            try:
+                data["audit_record"] = self.audit_writer.append(data, self.policy)
+            except InvalidRecord:
+                raise
+            except AuditError as exc:  # fail closed: no decision leaves unrecorded
+                raise ServiceError(HTTPStatus.SERVICE_UNAVAILABLE, "audit-store-unavailable",
+                                   f"the decision could not be recorded: {exc}") from None
         return data
 
     def _estimate(self, body: bytes | None) -> dict:

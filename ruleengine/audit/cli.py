@@ -1,8 +1,10 @@
 """``decide audit``: list, show, verify, replay and export the decision audit trail.
 
-Exit codes: 0 ok (verify clean, replay identical) · 1 replay found a different decision · 2 bad input
-(unknown id, missing or corrupt store, bad flags) · 3 invalid policy (``replay --policy``) · 4 internal error ·
-6 verification failed (tampering).
+Exit codes: 0 ok (verify clean, replay identical) · 1 replay found a different decision (``EXIT_REPLAY_DIFFERS``)
+· 2 bad input (unknown id, missing or corrupt store, not an audit store, bad flags or key files) · 3 invalid
+policy (``replay --policy``) · 4 internal error · 6 verification failed (tampering) · 7 audit store not writable.
+
+Every command here except ``keygen`` opens the store read-only: it works for a user who may only read it.
 """
 
 from __future__ import annotations
@@ -23,20 +25,27 @@ from .records import summarize, verify_jsonl, write_jsonl
 from .replay import ReplayResult, outcome, replay_records
 from .store import AuditError, RecordFilter, VerifyReport
 
-EXIT_OK, EXIT_DIFFERENT, EXIT_INPUT = ExitCode.OK, ExitCode.REPLAY_DIFFERS, ExitCode.BAD_INPUT
-EXIT_POLICY, EXIT_INTERNAL, EXIT_TAMPERED = ExitCode.BAD_POLICY, ExitCode.INTERNAL, ExitCode.TAMPERED
+EXIT_OK, EXIT_INPUT, EXIT_POLICY = ExitCode.OK, ExitCode.BAD_INPUT, ExitCode.BAD_POLICY
+EXIT_INTERNAL, EXIT_TAMPERED, EXIT_NOT_WRITABLE = ExitCode.INTERNAL, ExitCode.TAMPERED, ExitCode.AUDIT_WRITE
+EXIT_REPLAY_DIFFERS = ExitCode.REPLAY_DIFFERS  # a replayed decision differs from the recorded one
+EXIT_DIFFERENT = EXIT_REPLAY_DIFFERS
 F = TypeVar("F", bound=Callable[..., Any])
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
-DB_HELP = (f"Audit store (SQLite file). Default: ${ENV_DB} if set, else "
-           "~/.local/share/finetune-policy/audit.sqlite3.")
+DB_HELP = (f"Audit store: a SQLite file path (or sqlite:///path) or a postgresql://user@host/db URL. Default: "
+           f"${ENV_DB} if set, else ~/.local/share/finetune-policy/audit.sqlite3. Opened read-only.")
 
 
 def db_option(fn: F) -> F:
     """Add the shared ``--db PATH`` option (honours $FINETUNE_POLICY_AUDIT_DB)."""
     return click.option("--db", "db", metavar="PATH", envvar=ENV_DB, show_envvar=True, default=None,
                         help=DB_HELP)(fn)
+
+
+def open_reader(db: str | None) -> Any:
+    """Open the store named by ``--db`` (or the default) read-only. Raises StoreUnavailable/NotAnAuditStore."""
+    return open_store(db, read_only=True)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -125,11 +134,13 @@ def audit_group() -> None:
     """The audit trail: every decision, tamper-evident, explainable and replayable.
 
     Each `decide` run appends a record (the whole decision plus who/when/versions and the policy's sha256)
-    to a hash-chained SQLite store; the policy files are stored once per hash. The store is --db PATH, else
-    $FINETUNE_POLICY_AUDIT_DB, else ~/.local/share/finetune-policy/audit.sqlite3.
+    to a hash-chained store (SQLite file or PostgreSQL); the policy files are stored once per hash. With a
+    signing key ($FINETUNE_POLICY_AUDIT_KEY, from `decide audit keygen`) every commit signs the chain head, and
+    `verify --public-key` proves nobody without the key rewrote, removed or appended records. The store is
+    --db PATH, else $FINETUNE_POLICY_AUDIT_DB, else ~/.local/share/finetune-policy/audit.sqlite3.
 
     \b
-    Exit codes: 0 ok · 1 replay differs · 2 bad input (unknown id, missing/corrupt store)
+    Exit codes: 0 ok · 1 replay differs · 2 bad input (unknown id, missing/corrupt/foreign store, key file)
                 3 invalid policy · 4 internal error · 6 verification failed (tampering)
     """
 
@@ -160,7 +171,7 @@ def list_cmd(db: str | None, since: str | None, policy_name: str | None, method:
         since_dt = parse_since(since) if since is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    with open_store(db) as store:
+    with open_reader(db) as store:
         records = store.list(RecordFilter(since=since_dt, policy=policy_name, method=method, limit=limit))
     summaries = [summarize(r) for r in records]
     if fmt == "json":
@@ -334,7 +345,7 @@ def show_cmd(db: str | None, record_id: str, fmt: str, explain: bool) -> None:
       decide audit show 01JH7Q2XK5 --explain
       decide audit show 01JH7Q2XK5ZB3M4N5P6Q7R8S9T --format json
     """
-    with open_store(db) as store:
+    with open_reader(db) as store:
         record = store.get(store.resolve_id(record_id))
         decision = dict(record.get("decision") or {})
         if explain and decision.get("counterfactuals") is None:
@@ -358,9 +369,18 @@ def _print_report(report: VerifyReport, fmt: str) -> None:
     what = f"{report.records_checked} record(s)"
     if report.snapshots_checked or not report.source.endswith(".jsonl"):
         what += f", {report.snapshots_checked} policy snapshot(s)"
+    sig = report.signatures or {}
     if report.ok:
         click.echo(f"OK: {what} verified in {report.source}")
         click.echo(f"head: {report.head_seq}:{report.head_hash or '-'}  (keep it; pass it back with --anchor)")
+        if sig.get("proven"):
+            click.echo(f"signed: every record up to seq {sig['covered_seq']} is vouched for by key(s) "
+                       f"{', '.join(sig['keys'])}")
+        elif sig.get("count"):
+            click.echo(f"signatures: {sig['count']} head signature(s), consistent with the keys kept in the store; "
+                       "pass --public-key to prove who wrote the chain")
+        elif not report.source.endswith(".jsonl"):
+            click.echo("signatures: none (the writer had no key): integrity relies on --anchor")
         return
     click.echo(f"TAMPERED: {report.source}: {len(report.problems)}{'+' if report.truncated else ''} problem(s) "
                f"in {what}")
@@ -378,28 +398,40 @@ def _print_report(report: VerifyReport, fmt: str) -> None:
 @click.option("--anchor", metavar="SEQ:HASH", default=None,
               help="A head printed by an earlier verify; fails if the chain no longer has that hash at that seq "
                    "(detects a chain rewritten from some record on).")
+@click.option("--public-key", "public_keys", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
+              help="The writer's Ed25519 public key (from `decide audit keygen`; repeat for rotated keys). Every "
+                   "record must then be covered by a valid signature of one of them: proves no record was "
+                   "rewritten, removed, reordered or appended by someone without the private key.")
+@click.option("--all-signatures", is_flag=True,
+              help="Check every stored signature cryptographically (default: from the newest back to the first "
+                   "valid one, which vouches for the whole chain below it).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: a verdict line and the problems; json: the full report.")
 @handle_errors
-def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, fmt: str) -> None:
-    """Check the whole hash chain and every stored policy snapshot.
+def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, public_keys: tuple[str, ...],
+               all_signatures: bool, fmt: str) -> None:
+    """Check the whole hash chain, its signed heads and every stored policy snapshot.
 
-    Checks each record's hash, its link to the previous record, contiguous seq (no gaps, no reordering),
-    the index columns against the record body, the stored head, and that each policy snapshot still hashes
-    to its sha256. Names the first bad record and why. Exit 0 clean, 6 on tampering, 2 if the store is
-    missing or unreadable.
+    Hashes each record's body bytes exactly as stored, checks its link to the previous record, contiguous seq
+    (no gaps, no reordering), duplicate JSON keys, the schema, the index columns against the body, the stored
+    head, the compression dictionaries, and that each policy snapshot still hashes to its sha256. With
+    --public-key, every record must be covered by a valid signed head. Names the first bad record and why.
+    Exit 0 clean, 6 on tampering, 2 if the store is missing, unreadable or not an audit store.
     """
+    from .signing import load_public_key
+
     anchor_t = parse_anchor(anchor)
+    keys = [load_public_key(p) for p in public_keys]
     if jsonl is not None:
         try:
-            report = verify_jsonl(jsonl, anchor=anchor_t)
+            report = verify_jsonl(jsonl, anchor=anchor_t, public_keys=keys or None, all_signatures=all_signatures)
         except OSError as exc:
             raise AuditError(f"cannot read {jsonl}: {exc.strerror or exc}") from None
         except UnicodeDecodeError as exc:
             raise AuditError(f"{jsonl} is not UTF-8 text: {exc}") from None
     else:
-        with open_store(db) as store:
-            report = store.verify(anchor=anchor_t)
+        with open_reader(db) as store:
+            report = store.verify(anchor=anchor_t, public_keys=keys or None, all_signatures=all_signatures)
     _print_report(report, fmt)
     sys.exit(EXIT_OK if report.ok else EXIT_TAMPERED)
 
@@ -457,7 +489,7 @@ def replay_cmd(db: str | None, record_id: str | None, all_: bool, policy_path: s
         from ..policy import load_policy
 
         policy = load_policy(policy_path)
-    with open_store(db) as store:
+    with open_reader(db) as store:
         if record_id:
             records = [store.get(store.resolve_id(record_id))]
         else:
@@ -469,7 +501,7 @@ def replay_cmd(db: str | None, record_id: str | None, all_: bool, policy_path: s
             click.echo(_fmt_json(result.to_dict()))
         else:
             _print_single(result)
-        sys.exit(EXIT_OK if result.identical else EXIT_DIFFERENT)
+        sys.exit(EXIT_OK if result.identical else EXIT_REPLAY_DIFFERS)
     _report_all(results, policy, fmt, show_all)
 
 
@@ -505,7 +537,7 @@ def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bo
             click.echo(f"{counts['identical']} identical, {counts['different']} different, {counts['error']} "
                        f"error(s) of {counts['total']} record(s)")
     if not what_if and counts["identical"] != counts["total"]:
-        sys.exit(EXIT_DIFFERENT)
+        sys.exit(EXIT_REPLAY_DIFFERS)
 
 
 @audit_group.command(name="export")
@@ -514,19 +546,47 @@ def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bo
               help="jsonl: one canonical JSON record per line, seq order, chain fields included.")
 @click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write to FILE instead of standard output.")
+@click.option("--signatures", "with_signatures", is_flag=True,
+              help="Append the signed chain heads as {\"head_signature\": ...} lines after the records, so that "
+                   "`verify --jsonl FILE --public-key KEY` proves the export was written by the key holder.")
 @handle_errors
-def export_cmd(db: str | None, fmt: str, output: str | None) -> None:
+def export_cmd(db: str | None, fmt: str, output: str | None, with_signatures: bool) -> None:
     """Export the whole chain, e.g. for archiving; check a copy later with `decide audit verify --jsonl FILE`.
 
     Policy snapshots are not exported (the records name them by sha256).
     """
-    with open_store(db) as store:
+    with open_reader(db) as store:
+        sigs = list(store.iter_signatures()) if with_signatures else []
         if output is None:
-            count = write_jsonl(store.iter_all(), sys.stdout)
+            count = write_jsonl(store.iter_all(), sys.stdout, sigs)
         else:
             with open(output, "w", encoding="utf-8", newline="\n") as fh:
-                count = write_jsonl(store.iter_all(), fh)
+                count = write_jsonl(store.iter_all(), fh, sigs)
     click.echo(f"exported {count} record(s)" + (f" to {output}" if output else ""), err=True)
+
+
+@audit_group.command(name="keygen")
+@click.option("-o", "--output", "output", metavar="KEYFILE", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the private key (PKCS#8 PEM, mode 0600); the public key goes to KEYFILE.pub.")
+@handle_errors
+def keygen_cmd(output: str) -> None:
+    """Create an Ed25519 signing key for the audit writer.
+
+    The writer (the `decide` CLI, `decide serve`, the library's AuditWriter) reads the private key from
+    $FINETUNE_POLICY_AUDIT_KEY and signs the chain head at every commit; give KEYFILE.pub to auditors for
+    `decide audit verify --public-key KEYFILE.pub`. Never overwrites an existing file.
+
+    \b
+    Example:
+      decide audit keygen -o /etc/finetune-policy/audit.key
+      export FINETUNE_POLICY_AUDIT_KEY=/etc/finetune-policy/audit.key
+    """
+    from .signing import SigningKey
+
+    key = SigningKey.generate()
+    key.write(output, output + ".pub")
+    click.echo(f"key id {key.key_id}: private key {output} (keep it with the writer only), public key "
+               f"{output}.pub (give it to auditors)")
 
 
 def main() -> None:

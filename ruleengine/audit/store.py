@@ -24,6 +24,26 @@ class StoreUnavailable(AuditError):
     exit_code = 2
 
 
+class NotAnAuditStore(StoreUnavailable):
+    """The location holds a database that is not a finetune-policy audit store (another application's tables,
+    or a newer store version): nothing is read from it and nothing is ever written into it."""
+
+    exit_code = 2
+
+
+class StoreNotWritable(StoreUnavailable):
+    """A writer cannot append: the store is missing (and creating it was not asked for), read-only, vanished or
+    was replaced under a running writer, or the database refused the write. ``decide`` exits 7."""
+
+    exit_code = 7
+
+
+class SigningKeyError(AuditError):
+    """A signing or public key file is missing, unreadable, too widely readable, or not an Ed25519 key."""
+
+    exit_code = 2
+
+
 class RecordNotFound(AuditError):
     """No record has the requested id (or an id prefix matched none, or several)."""
 
@@ -73,6 +93,8 @@ class VerifyReport:
     head_hash: str = ""
     problems: list[Problem] = field(default_factory=list)
     truncated: bool = False  # more problems existed than were kept
+    signatures: dict[str, Any] = field(default_factory=dict)  # see ``ChainVerifier.check_signatures``
+    bytes_hashed: bool = True  # False for JSONL: lines are proven canonical, then re-serialised for the hash
 
     @property
     def ok(self) -> bool:
@@ -132,9 +154,11 @@ class AuditStore(Protocol):
         """Yield every record in seq order (full records, chain fields included)."""
         ...
 
-    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyReport:
-        """Check the whole chain and every stored policy snapshot; return a VerifyReport (never raises for
-        tampering, only StoreUnavailable when the store cannot be read at all)."""
+    def verify(self, anchor: tuple[int, str] | None = None, public_keys: Any = None, *,
+               all_signatures: bool = False) -> VerifyReport:
+        """Check the whole chain, its signed heads and every stored policy snapshot; ``public_keys`` (the
+        auditor's ``signing.PublicKey``s) require every record to be covered by a valid signature. Returns a
+        VerifyReport (never raises for tampering, only StoreUnavailable when the store cannot be read at all)."""
         ...
 
     def put_policy_snapshot(self, sha256: str, snapshot: dict) -> bool:
@@ -148,4 +172,25 @@ class AuditStore(Protocol):
 
     def close(self) -> None:
         """Release the store's resources; further calls are errors."""
+        ...
+
+
+@runtime_checkable
+class WritableAuditStore(AuditStore, Protocol):
+    """What ``AuditWriter`` needs of a backend beyond ``AuditStore`` (both bundled backends provide it)."""
+
+    created: bool  # True when this open created the store
+
+    def append_batch(self, batch: list, key: Any) -> list[str]:
+        """Chain ``records.PreparedRecord``s in one transaction after the head, sign the new head with ``key``
+        (a ``signing.SigningKey``, or None), commit; return their ids. Raises InvalidRecord, StoreNotWritable,
+        AuditError (busy)."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise StoreNotWritable unless an append could commit now; writes nothing."""
+        ...
+
+    def iter_signatures(self) -> Iterator[Any]:
+        """Yield the stored head signatures (``records.SignatureRow``) in seq order."""
         ...

@@ -27,10 +27,16 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
     diagnostics. Decisions are audited as with the CLI. Stop with Ctrl-C.
     """
     from .. import api
+    from ..audit import AuditError
     from ..service import DecisionService, make_server
 
     engine = api.open_policy(policy_path)
-    service = DecisionService(engine, audit=not no_audit, audit_db=audit_db)
+    try:
+        service = DecisionService(engine, audit=not no_audit, audit_db=audit_db)
+    except AuditError as exc:
+        click.echo(f"error: the audit store cannot be used: {exc}\n  help: fix --audit-db / "
+                   "FINETUNE_POLICY_AUDIT_DB (or FINETUNE_POLICY_AUDIT_KEY), or pass --no-audit", err=True)
+        return ExitCode.AUDIT_WRITE if exc.exit_code in (2, 7) else ExitCode(exc.exit_code)
     try:
         server = make_server(service, host, port, verbose)
     except OSError as exc:
@@ -46,4 +52,5 @@ def serve_command(host: str, port: int, policy_path: str | None, no_audit: bool,
         pass
     finally:
         server.server_close()
+        service.close()
     return ExitCode.OK

@@ -131,7 +131,7 @@ def test_verify_clean_and_tampered(filled, run, attacker):
     head = res.stdout.split("head: ")[1].split()[0]
     assert run("verify", "--db", path, "--anchor", head).exit_code == 0
     att = attacker(path)
-    att.execute("UPDATE records SET body = replace(body, '\"rank\":32', '\"rank\":8') WHERE seq = 4")
+    att.write_body(4, att.body_bytes(4).replace(b'"rank":32', b'"rank":8'))
     att.restore_guards()
     res = run("verify", "--db", path)
     assert res.exit_code == 6
@@ -319,3 +319,33 @@ def test_verify_in_a_real_subprocess(filled, attacker):
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 7
     conn.close()
+
+
+def test_keygen_writes_a_private_key_only_its_owner_can_read(run, tmp_path):
+    import os
+    import stat
+
+    key = tmp_path / "audit.key"
+    res = run("keygen", "-o", str(key))
+    assert res.exit_code == 0 and "key id" in res.stdout
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and (tmp_path / "audit.key.pub").exists()
+    again = run("keygen", "-o", str(key))
+    assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
+    os.chmod(key, 0o644)
+    from ruleengine.audit import SigningKeyError
+    from ruleengine.audit.signing import SigningKey
+
+    with pytest.raises(SigningKeyError, match="chmod 600"):
+        SigningKey.load(key)
+
+
+def test_verify_public_key_errors(filled, run, tmp_path):
+    path, _ids = filled
+    bad = tmp_path / "bad.pub"
+    bad.write_text("not a key")
+    res = run("verify", "--db", path, "--public-key", str(bad))
+    assert res.exit_code == 2 and "not a PEM public key" in res.stderr
+    # an unsigned store cannot prove anything to a key holder: every record is reported
+    run("keygen", "-o", str(tmp_path / "k"))
+    res = run("verify", "--db", path, "--public-key", str(tmp_path / "k.pub"))
+    assert res.exit_code == 6 and "unsigned-records" in res.stdout

@@ -37,7 +37,7 @@ def test_four_processes_append_400_records(db_path, writer_script):
         assert p.returncode == 0, err
         reported += _committed(out.splitlines())
     assert len(reported) == 400
-    with SqliteAuditStore(db_path, create=False) as store:
+    with SqliteAuditStore(db_path, read_only=True) as store:
         report = store.verify()
         assert report.ok, [p.render() for p in report.problems]
         assert report.records_checked == 400 and report.head_seq == 400
@@ -70,7 +70,7 @@ def test_kill_9_mid_append_leaves_a_valid_store(db_path, writer_script):
         proc.stdout.close()
         proc.stderr.close()
         reported += _committed(seen)
-        with SqliteAuditStore(db_path, create=False) as store:
+        with SqliteAuditStore(db_path, read_only=True) as store:
             report = store.verify()
             assert report.ok, [p.render() for p in report.problems]
             count = store.count()

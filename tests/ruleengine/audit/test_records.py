@@ -94,7 +94,7 @@ def test_schema_file_is_valid_and_matches_stored_records(filled):
     schema = load_schema("decision-record.schema.json")
     jsonschema.Draft202012Validator.check_schema(schema)
     path, _ids = filled
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         for rec in store.iter_all():
             jsonschema.validate(rec, schema)
             assert schema_errors(rec) == []
@@ -117,7 +117,7 @@ def test_record_decision_roundtrip(db_path, make_decision, snapshot, snap_sha):
     decision = make_decision()
     rid = record_decision(decision, snapshot, snap_sha, db_path=db_path)
     assert rid == decision["decision_id"]
-    with SqliteAuditStore(db_path, create=False) as store:
+    with SqliteAuditStore(db_path, read_only=True) as store:
         rec = store.get(rid)
         assert rec["seq"] == 1 and rec["prev_hash"] == GENESIS_HASH
         assert rec["record_hash"] == compute_record_hash(rec, rec["prev_hash"])
@@ -152,5 +152,32 @@ def test_record_decision_uses_env_var(monkeypatch, tmp_path, make_decision, snap
     target = tmp_path / "deep" / "dir" / "env.sqlite3"
     monkeypatch.setenv("FINETUNE_POLICY_AUDIT_DB", str(target))
     rid = record_decision(make_decision(), snapshot, snap_sha)
-    with SqliteAuditStore(str(target), create=False) as store:
+    with SqliteAuditStore(str(target), read_only=True) as store:
         assert store.get(rid)["id"] == rid
+
+
+def test_fast_and_reference_validators_agree(make_decision, snap_sha):
+    """The compiled validator (fastjsonschema, draft 7) and jsonschema (2020-12) judge records the same."""
+    from ruleengine.audit.records import _fast_validator, _validator, record_is_valid
+
+    if _fast_validator() is None:
+        pytest.skip("fastjsonschema is not installed")
+    base = dict(build_record(make_decision(), snap_sha), seq=1, prev_hash=GENESIS_HASH, record_hash=GENESIS_HASH)
+    d = base["decision"]
+    variants = [base, {**base, "extra": 1}, {**base, "seq": 0}, {**base, "id": "lower-case-id"},
+                {**base, "record_version": 2}, {**base, "caller": ""}, {**base, "prev_hash": "X" * 64},
+                {**base, "decision": {**d, "feasible": "yes"}}, {**base, "decision": {**d, "verdict": {"rank": 4}}},
+                {**base, "decision": {**d, "matched_rules": [1]}}, {**base, "decision": {**d, "verdict": None}},
+                {**base, "policy": {**base["policy"], "sha256": "nope"}}, {**base, "recorded_at": "yesterday"}]
+    for v in variants:
+        assert record_is_valid(v) == _validator().is_valid(v), v
+
+
+def test_prepared_body_is_the_canonical_json_of_the_record(make_decision, snap_sha):
+    from ruleengine.audit.records import prepare_record, record_body
+
+    prepared = prepare_record(make_decision(), snap_sha)
+    body = dict(prepared.envelope, seq=42)
+    assert prepared.body_bytes(42) == canonical_json(record_body(body)).encode("utf-8")
+    odd = {**make_decision(), "metrics": {2: "two", 10: "ten"}}  # int keys: copied first, so still canonical
+    assert prepare_record(odd, snap_sha).decision_text == canonical_json(json.loads(json.dumps(odd)))

@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from ruleengine.audit import SqliteAuditStore, canonical_json, compute_record_hash, verify_jsonl, write_jsonl
+from ruleengine.audit import SqliteAuditStore, canonical_json, verify_jsonl, write_jsonl
 
 
 def verify(path: str, anchor=None):
-    with SqliteAuditStore(path, create=False) as store:
+    with SqliteAuditStore(path, read_only=True) as store:
         return store.verify(anchor=anchor)
 
 
 def body(att, seq: int) -> dict:
-    return json.loads(att.execute("SELECT body FROM records WHERE seq = ?", (seq,))[0][0])
+    return att.body(seq)
 
 
 def kinds(report) -> list[tuple[int | None, str]]:
@@ -31,7 +31,7 @@ def test_edited_body_is_detected(filled, attacker):
     att = attacker(path)
     b = body(att, 4)
     b["decision"]["verdict"]["rank"] = 8
-    att.execute("UPDATE records SET body = ? WHERE seq = 4", (canonical_json(b),))
+    att.write_body(4, b)
     att.restore_guards()  # the triggers are back: detection must come from the chain
     report = verify(path)
     assert not report.ok
@@ -47,7 +47,7 @@ def test_edited_verdict_also_disagrees_with_the_index(filled, attacker):
     att = attacker(path)
     b = body(att, 3)
     b["decision"]["verdict"]["method"] = "lora"
-    att.execute("UPDATE records SET body = ? WHERE seq = 3", (canonical_json(b),))
+    att.write_body(3, b)
     att.restore_guards()
     assert kinds(verify(path)) == [(3, "hash-mismatch"), (3, "column-mismatch")]
 
@@ -57,9 +57,7 @@ def test_edited_body_with_recomputed_hash_is_caught_by_the_next_link(filled, att
     att = attacker(path)
     b = body(att, 4)
     b["decision"]["verdict"]["rank"] = 8
-    prev = att.execute("SELECT prev_hash FROM records WHERE seq = 4")[0][0]
-    att.execute("UPDATE records SET body = ?, record_hash = ? WHERE seq = 4",
-                (canonical_json(b), compute_record_hash(b, prev)))
+    att.write_body(4, b, rehash=True)
     att.restore_guards()
     report = verify(path)
     first = report.first_problem
@@ -138,10 +136,11 @@ def test_edited_index_column_is_detected(filled, attacker):
 def test_unreadable_body_is_detected(filled, attacker):
     path, _ids = filled
     att = attacker(path)
-    att.execute("UPDATE records SET body = '{not json' WHERE seq = 2")
+    att.write_body(2, b"{not json")
     att.restore_guards()
     report = verify(path)
-    assert kinds(report) == [(2, "unreadable")]
+    # the stored bytes changed, so their hash no longer matches, and they do not parse
+    assert kinds(report) == [(2, "hash-mismatch"), (2, "unreadable")]
 
 
 def test_dropped_guards_are_reported(filled, attacker):
@@ -157,16 +156,12 @@ def test_rewritten_chain_needs_an_anchor(filled, attacker):
     clean = verify(path)
     anchor = (clean.head_seq, clean.head_hash)
     att = attacker(path)
-    rows = att.execute("SELECT seq, body, prev_hash FROM records ORDER BY seq")
-    prev = rows[2][2]
-    for seq, text, _ in rows[2:]:
-        b = json.loads(text)
+    prev = att.execute("SELECT prev_hash FROM records WHERE seq = 3")[0][0]
+    for seq in range(3, 9):
+        b = att.body(seq)
         if seq == 3:
             b["caller"] = "mallory@elsewhere"
-        h = compute_record_hash(b, prev)
-        att.execute("UPDATE records SET body = ?, prev_hash = ?, record_hash = ? WHERE seq = ?",
-                    (canonical_json(b), prev, h, seq))
-        prev = h
+        prev = att.write_body(seq, b, rehash=True, prev_hash=prev)
     att.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (prev,))
     att.restore_guards()
     assert verify(path).ok  # indistinguishable from the inside: the documented limit of a bare hash chain
@@ -184,7 +179,8 @@ def test_rewritten_chain_needs_an_anchor(filled, attacker):
 def test_verify_lists_every_problem_in_chain_order(filled, attacker):
     path, _ids = filled
     att = attacker(path)
-    att.execute("UPDATE records SET body = replace(body, '\"rank\":16', '\"rank\":17') WHERE seq IN (2, 7)")
+    for seq in (2, 7):
+        att.write_body(seq, att.body_bytes(seq).replace(b'"rank":16', b'"rank":17'))
     att.restore_guards()
     assert kinds(verify(path)) == [(2, "hash-mismatch"), (7, "hash-mismatch")]
 
@@ -196,7 +192,7 @@ def test_verify_lists_every_problem_in_chain_order(filled, attacker):
 def exported(filled, tmp_path):
     path, ids = filled
     out = tmp_path / "export.jsonl"
-    with SqliteAuditStore(path, create=False) as store, open(out, "w", encoding="utf-8") as fh:
+    with SqliteAuditStore(path, read_only=True) as store, open(out, "w", encoding="utf-8") as fh:
         assert write_jsonl(store.iter_all(), fh) == len(ids)
     return out, ids
 

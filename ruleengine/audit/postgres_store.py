@@ -60,6 +60,7 @@ from .store import (
 )
 
 SCHEMA = "finetune_audit"
+_TX_RETRIES = 5  # a transaction PostgreSQL rolled back (deadlock, serialization) is run again
 T = TypeVar("T")
 GUARDED = ("records", "policy_snapshots", "dictionaries", "signatures", "keys")
 GUARD_TRIGGERS = tuple(f"{t}_append_only" for t in GUARDED) + tuple(f"{t}_no_truncate" for t in GUARDED)
@@ -195,8 +196,14 @@ class PostgresAuditStore:
             raise StoreNotWritable(f"audit store {self.path} is closed")
         try:
             self._reconnect_if_broken()
-            with self._conn.transaction():
-                return fn(self._conn)
+            for attempt in range(_TX_RETRIES):
+                try:
+                    with self._conn.transaction():
+                        return fn(self._conn)
+                except psycopg.errors.TransactionRollback:  # deadlock or serialization failure: run it again
+                    if attempt == _TX_RETRIES - 1:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
         except psycopg.OperationalError as exc:
             if self._conn is not None and self._conn.closed:  # the server went away: next call reconnects
                 raise StoreNotWritable(f"lost the connection to audit store {self.path}: {str(exc).strip()}") \
@@ -292,8 +299,10 @@ class PostgresAuditStore:
         used: dict[str, Dictionary] = {}
 
         def insert(conn: Any) -> list[str]:
+            # one row lock, always the same row: writers queue on it and never lock in different orders
+            conn.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'head_seq' FOR UPDATE").fetchone()
             meta = dict(conn.execute(f"SELECT key, value FROM {SCHEMA}.meta WHERE key IN "
-                                     "('head_seq', 'head_hash', 'store_id') FOR UPDATE").fetchall())
+                                     "('head_seq', 'head_hash', 'store_id')").fetchall())
             if meta.get("store_id") != self._store_id:
                 raise StoreNotWritable(f"audit store {self.path} was replaced by another store while this writer had "
                                        "it open; refusing to write into it. Restart the writer")
@@ -369,8 +378,10 @@ class PostgresAuditStore:
         """Raise StoreNotWritable unless the head row can be locked for writing now (connection alive, tables
         present, same store, privileges granted); writes nothing."""
         def probe(conn: Any) -> None:
-            meta = dict(conn.execute(f"SELECT key, value FROM {SCHEMA}.meta WHERE key IN ('head_seq', 'store_id') "
-                                     "FOR UPDATE NOWAIT").fetchall())
+            # SKIP LOCKED: a writer holding the head lock means the store works, not that it is unwritable
+            conn.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'head_seq' FOR UPDATE SKIP LOCKED").fetchone()
+            meta = dict(conn.execute(f"SELECT key, value FROM {SCHEMA}.meta WHERE key IN ('head_seq', 'store_id')")
+                        .fetchall())
             if meta.get("store_id") != self._store_id:
                 raise StoreNotWritable(f"audit store {self.path} was replaced while this writer had it open")
 

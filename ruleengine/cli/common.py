@@ -236,6 +236,10 @@ class BoundaryGroup(LazyGroup):
         except EngineDisagreement as exc:
             _internal(str(exc))
             ctx.exit(int(ExitCode.INTERNAL))
+        except OSError as exc:  # a file or directory given by the user (library errors carry their own codes)
+            code = getattr(exc, "exit_code", None)
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(int(code) if isinstance(code, int) else int(ExitCode.BAD_INPUT))
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
             code = getattr(exc, "exit_code", None)
             if isinstance(code, int) and code != ExitCode.INTERNAL:

@@ -19,7 +19,7 @@ LAZY_COMMANDS = {
     "diff": "ruleengine.cli.policy:diff_command",
     "map": "ruleengine.cli.policy:map_command",
     "serve": "ruleengine.cli.serve:serve_command",
-    "audit": "ruleengine.audit.cli:audit_group",
+    "audit": "ruleengine.cli.audit:audit_group",
     "plan": "executors.cli:plan_command",
     "train": "executors.cli:train_command",
     "make-tiny-model": "executors.cli:tiny_model_command",

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ruleengine.audit.cli import audit_group, parse_since
+from ruleengine.cli import main
+from ruleengine.cli.audit import parse_since
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def run():
     runner = CliRunner()
 
     def invoke(*args: str, env: dict | None = None):
-        return runner.invoke(audit_group, list(args), env=env, catch_exceptions=False)
+        return runner.invoke(main, ["audit", *args], env=env, catch_exceptions=False)
 
     return invoke
 
@@ -302,7 +303,7 @@ def _audit_command() -> list[str]:
         probe = subprocess.run([str(decide), "audit", "--help"], capture_output=True, text=True, timeout=60)
         if probe.returncode == 0 and "verify" in probe.stdout:
             return [str(decide), "audit"]
-    return [sys.executable, "-m", "ruleengine.audit.cli"]
+    return [sys.executable, "-m", "ruleengine.cli", "audit"]
 
 
 def test_verify_in_a_real_subprocess(filled, attacker):

@@ -14,8 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from ruleengine.audit import SqliteAuditStore, record_decision
-from ruleengine.audit.cli import audit_group
 from ruleengine.audit.replay import replay_all
+from ruleengine.cli import main
 from ruleengine.paths import default_policy
 
 BRIEF_FACTS = {"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb", "gpu_count": 1},
@@ -85,9 +85,9 @@ def test_every_record_replays_identically(real_store):
     assert [r.record_id for r in results] == ids
     assert [(r.record_id, r.status, [d.render() for d in r.differences], r.error) for r in results
             if not r.identical] == []
-    res = CliRunner().invoke(audit_group, ["replay", "--all", "--db", path], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "replay", "--all", "--db", path], catch_exceptions=False)
     assert res.exit_code == 0 and f"{len(ids)} identical, 0 different" in res.stdout
-    res = CliRunner().invoke(audit_group, ["replay", ids[0], "--db", path], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "replay", ids[0], "--db", path], catch_exceptions=False)
     assert res.exit_code == 0 and res.stdout.startswith(f"identical: {ids[0]}")
 
 
@@ -102,20 +102,20 @@ def test_what_if_a_new_policy(real_store, tmp_path):
     changed = re.sub(r"(\n  domain_qa:\n(?:    .*\n)*?    rank: )16", r"\g<1>32", text, count=1)
     assert changed != text
     table.write_text(changed, encoding="utf-8")
-    res = CliRunner().invoke(audit_group, ["replay", "--all", "--policy", str(new), "--db", path, "--format",
+    res = CliRunner().invoke(main, ["audit", "replay", "--all", "--policy", str(new), "--db", path, "--format",
                                            "json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     changed_rows = [r for r in data["results"] if r["status"] != "identical"]
     assert data["counts"]["total"] == len(ids)
     assert any(r["id"] == ids[0] and r["old"] == "lora r16" and r["new"] == "lora r32" for r in changed_rows)
-    text_out = CliRunner().invoke(audit_group, ["replay", "--all", "--policy", str(new), "--db", path]).stdout
+    text_out = CliRunner().invoke(main, ["audit", "replay", "--all", "--policy", str(new), "--db", path]).stdout
     assert "would change" in text_out and ids[0] in text_out
 
 
 def test_show_explain_uses_the_engine_renderer(real_store):
     path, ids = real_store
-    res = CliRunner().invoke(audit_group, ["show", ids[0], "--db", path, "--explain"], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "show", ids[0], "--db", path, "--explain"], catch_exceptions=False)
     assert res.exit_code == 0
     assert "Why not the others" in res.stdout and "rendered from the stored fields" not in res.stdout
     # counterfactuals are computed from the record's own policy snapshot when the record has none

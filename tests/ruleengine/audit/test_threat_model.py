@@ -25,15 +25,15 @@ from ruleengine.audit import (
     open_store,
     record_decision,
 )
-from ruleengine.audit.cli import audit_group
 from ruleengine.audit.records import canonical_json
 from ruleengine.audit.signing import SigningKey
+from ruleengine.cli import main
 
 
 @pytest.fixture
 def keyfiles(tmp_path):
     """(private key path, public key path, SigningKey) made by `decide audit keygen`."""
-    res = CliRunner().invoke(audit_group, ["keygen", "-o", str(tmp_path / "writer.key")], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "keygen", "-o", str(tmp_path / "writer.key")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     priv, pub = tmp_path / "writer.key", tmp_path / "writer.key.pub"
     return str(priv), str(pub), SigningKey.load(priv)
@@ -80,7 +80,7 @@ def test_writer_signs_every_commit_and_verify_proves_it(signed):
     report = verify(path, pub=pub)
     assert report.ok, [p.render() for p in report.problems]
     assert report.signatures["proven"] and report.signatures["covered_seq"] == len(ids)
-    res = CliRunner().invoke(audit_group, ["verify", "--db", path, "--public-key", pub], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "verify", "--db", path, "--public-key", pub], catch_exceptions=False)
     assert res.exit_code == 0 and "signed: every record up to seq 8" in res.stdout
 
 
@@ -156,7 +156,7 @@ def test_forged_appended_record_passes_the_anchor_but_not_the_public_key(signed,
     # the anchor cannot see an append (only the store's own signatures, which a careful forger deletes, can)
     assert not any(k.startswith("anchor") for _s, k in kinds(verify(path, anchor=anchor)))
     assert kinds(verify(path, pub=pub)) == [(9, "unsigned-records")]
-    res = CliRunner().invoke(audit_group, ["verify", "--db", path, "--public-key", pub], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "verify", "--db", path, "--public-key", pub], catch_exceptions=False)
     assert res.exit_code == 6 and "seq 9 carry no valid signature" in res.stdout
 
 
@@ -220,7 +220,7 @@ def test_duplicate_key_body_is_rejected_even_when_rehashed(signed, attacker):
     att.restore_guards()
     report = verify(path)
     assert (1, "duplicate-key") in kinds(report)
-    res = CliRunner().invoke(audit_group, ["show", ids[0], "--db", path], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "show", ids[0], "--db", path], catch_exceptions=False)
     assert res.exit_code == 2 and "appears twice" in res.stderr
 
 
@@ -261,7 +261,7 @@ def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path, make_decisio
     with pytest.raises(NotAnAuditStore):
         open_store(str(foreign))
     assert foreign.read_bytes() == before
-    res = CliRunner().invoke(audit_group, ["verify", "--db", str(foreign)], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["audit", "verify", "--db", str(foreign)], catch_exceptions=False)
     assert res.exit_code == 2 and "not a finetune-policy audit store" in res.stderr
 
 
@@ -331,7 +331,7 @@ def test_reader_without_write_permission_can_verify_list_show_export(signed, tmp
     os.chmod(copy_dir, 0o555)
     before = copy.read_bytes()
     try:
-        cmd = [*prefix, sys.executable, "-m", "ruleengine.audit.cli"]
+        cmd = [*prefix, sys.executable, "-m", "ruleengine.cli", "audit"]
         root = str(Path(__file__).resolve().parents[3])  # the checkout under test, not an installed copy
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         for args in (["verify", "--public-key", pub], ["list"], ["show", ids[0]], ["export"]):
@@ -367,11 +367,11 @@ def test_export_with_signatures_is_proven_offline(signed, tmp_path):
     path, ids, pub = signed
     out = tmp_path / "chain.jsonl"
     runner = CliRunner()
-    res = runner.invoke(audit_group, ["export", "--db", path, "--signatures", "-o", str(out)], catch_exceptions=False)
+    res = runner.invoke(main, ["audit", "export", "--db", path, "--signatures", "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 16 and all("head_signature" in line for line in lines[8:])
-    res = runner.invoke(audit_group, ["verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
+    res = runner.invoke(main, ["audit", "verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
     assert res.exit_code == 0 and "signed: every record up to seq 8" in res.stdout
     # drop the last record and its signature, then forge a ninth record chained onto the eighth's hash
     records = [json.loads(line) for line in lines[:8]]
@@ -380,7 +380,7 @@ def test_export_with_signatures_is_proven_offline(signed, tmp_path):
 
     forged["record_hash"] = compute_record_hash(forged, forged["prev_hash"])
     out.write_text("\n".join(lines[:8] + [canonical_json(forged)] + lines[8:]) + "\n", encoding="utf-8")
-    res = runner.invoke(audit_group, ["verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
+    res = runner.invoke(main, ["audit", "verify", "--jsonl", str(out), "--public-key", pub], catch_exceptions=False)
     assert res.exit_code == 6 and "seq 9 carry no valid signature" in res.stdout
 
 

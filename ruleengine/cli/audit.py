@@ -14,16 +14,15 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from functools import wraps
 from typing import Any, TypeVar
 
 import click
 
+from ..audit import ENV_DB, default_db_path, open_store
+from ..audit.records import summarize, verify_jsonl, write_jsonl
+from ..audit.replay import ReplayResult, outcome, replay_records
+from ..audit.store import AuditError, RecordFilter, VerifyReport
 from ..exitcodes import ExitCode
-from . import ENV_DB, default_db_path, open_store
-from .records import summarize, verify_jsonl, write_jsonl
-from .replay import ReplayResult, outcome, replay_records
-from .store import AuditError, RecordFilter, VerifyReport
 
 EXIT_OK, EXIT_INPUT, EXIT_POLICY = ExitCode.OK, ExitCode.BAD_INPUT, ExitCode.BAD_POLICY
 EXIT_INTERNAL, EXIT_TAMPERED, EXIT_NOT_WRITABLE = ExitCode.INTERNAL, ExitCode.TAMPERED, ExitCode.AUDIT_WRITE
@@ -71,37 +70,6 @@ def parse_anchor(text: str | None) -> tuple[int, str] | None:
         raise click.BadParameter("expected SEQ:HASH, e.g. 42:<64 hex digits> as printed by `decide audit verify`",
                                  param_hint="--anchor")
     return int(m.group(1)), m.group(2)
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: F) -> F:
-    """Map audit errors to exit 2 (or their ``exit_code``), policy errors to 3, anything unexpected to 4."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ..diagnostics import DiagnosticError
-
-        try:
-            return fn(*args, **kwargs)
-        except AuditError as exc:
-            _fail(str(exc), exc.exit_code)
-        except DiagnosticError as exc:
-            code = getattr(exc, "exit_code", EXIT_INPUT)
-            if type(exc).__name__ == "PolicyError":
-                code = EXIT_POLICY
-            _fail(str(exc), code)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
-            raise
-        except OSError as exc:
-            _fail(str(exc), EXIT_INPUT)
-        except Exception as exc:  # a bug: say so, with the type, and exit 4
-            _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -157,7 +125,6 @@ def audit_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N matching records.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="table: one line per record; json: a JSON array of record summaries.")
-@handle_errors
 def list_cmd(db: str | None, since: str | None, policy_name: str | None, method: str | None, limit: int | None,
              fmt: str) -> None:
     """List recorded decisions, oldest first.
@@ -310,10 +277,10 @@ def recorded_counterfactuals(store: Any, record: dict) -> list[dict] | None:
     They are computed now, from the exact policy of the record; returns None when the current engine
     no longer reaches the recorded verdict (then counterfactuals of the record cannot be given).
     """
+    from ..audit.replay import snapshot_policy
     from ..diagnostics import DiagnosticError
     from ..evaluate import evaluator_for
     from ..pipeline import decide
-    from .replay import snapshot_policy
 
     old = record.get("decision") or {}
     try:
@@ -336,7 +303,6 @@ def recorded_counterfactuals(store: Any, record: dict) -> list[dict] | None:
               help="text: a readable summary; json: the full record exactly as stored (chain fields included).")
 @click.option("--explain", is_flag=True, help="Add the explanation: why this method, why not the others "
                                               "(failing condition and margin), warnings.")
-@handle_errors
 def show_cmd(db: str | None, record_id: str, fmt: str, explain: bool) -> None:
     """Show one recorded decision. ID may be a unique prefix of the record id.
 
@@ -407,9 +373,8 @@ def _print_report(report: VerifyReport, fmt: str) -> None:
                    "valid one, which vouches for the whole chain below it).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: a verdict line and the problems; json: the full report.")
-@handle_errors
 def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, public_keys: tuple[str, ...],
-               all_signatures: bool, fmt: str) -> None:
+               all_signatures: bool, fmt: str) -> ExitCode:
     """Check the whole hash chain, its signed heads and every stored policy snapshot.
 
     Hashes each record's body bytes exactly as stored, checks its link to the previous record, contiguous seq
@@ -418,7 +383,7 @@ def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, public_key
     --public-key, every record must be covered by a valid signed head. Names the first bad record and why.
     Exit 0 clean, 6 on tampering, 2 if the store is missing, unreadable or not an audit store.
     """
-    from .signing import load_public_key
+    from ..audit.signing import load_public_key
 
     anchor_t = parse_anchor(anchor)
     keys = [load_public_key(p) for p in public_keys]
@@ -433,7 +398,7 @@ def verify_cmd(db: str | None, jsonl: str | None, anchor: str | None, public_key
         with open_reader(db) as store:
             report = store.verify(anchor=anchor_t, public_keys=keys or None, all_signatures=all_signatures)
     _print_report(report, fmt)
-    sys.exit(EXIT_OK if report.ok else EXIT_TAMPERED)
+    return EXIT_OK if report.ok else EXIT_TAMPERED
 
 
 def _print_single(result: ReplayResult) -> None:
@@ -462,9 +427,8 @@ def _print_single(result: ReplayResult) -> None:
 @click.option("--show-all", is_flag=True, help="With --all: list every record, not only the changed ones.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: readable; json: one object per replayed record plus counts.")
-@handle_errors
 def replay_cmd(db: str | None, record_id: str | None, all_: bool, policy_path: str | None, since: str | None,
-               show_all: bool, fmt: str) -> None:
+               show_all: bool, fmt: str) -> ExitCode:
     """Re-evaluate recorded decisions and report what changed.
 
     \b
@@ -501,11 +465,11 @@ def replay_cmd(db: str | None, record_id: str | None, all_: bool, policy_path: s
             click.echo(_fmt_json(result.to_dict()))
         else:
             _print_single(result)
-        sys.exit(EXIT_OK if result.identical else EXIT_REPLAY_DIFFERS)
-    _report_all(results, policy, fmt, show_all)
+        return EXIT_OK if result.identical else EXIT_REPLAY_DIFFERS
+    return _report_all(results, policy, fmt, show_all)
 
 
-def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bool) -> None:
+def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bool) -> ExitCode:
     what_if = policy is not None
     counts = {"total": len(results), "identical": sum(r.status == "identical" for r in results),
               "different": sum(r.status == "different" for r in results),
@@ -537,7 +501,8 @@ def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bo
             click.echo(f"{counts['identical']} identical, {counts['different']} different, {counts['error']} "
                        f"error(s) of {counts['total']} record(s)")
     if not what_if and counts["identical"] != counts["total"]:
-        sys.exit(EXIT_REPLAY_DIFFERS)
+        return EXIT_REPLAY_DIFFERS
+    return EXIT_OK
 
 
 @audit_group.command(name="export")
@@ -549,7 +514,6 @@ def _report_all(results: list[ReplayResult], policy: Any, fmt: str, show_all: bo
 @click.option("--signatures", "with_signatures", is_flag=True,
               help="Append the signed chain heads as {\"head_signature\": ...} lines after the records, so that "
                    "`verify --jsonl FILE --public-key KEY` proves the export was written by the key holder.")
-@handle_errors
 def export_cmd(db: str | None, fmt: str, output: str | None, with_signatures: bool) -> None:
     """Export the whole chain, e.g. for archiving; check a copy later with `decide audit verify --jsonl FILE`.
 
@@ -568,7 +532,6 @@ def export_cmd(db: str | None, fmt: str, output: str | None, with_signatures: bo
 @audit_group.command(name="keygen")
 @click.option("-o", "--output", "output", metavar="KEYFILE", type=click.Path(dir_okay=False), required=True,
               help="Where to write the private key (PKCS#8 PEM, mode 0600); the public key goes to KEYFILE.pub.")
-@handle_errors
 def keygen_cmd(output: str) -> None:
     """Create an Ed25519 signing key for the audit writer.
 
@@ -581,20 +544,12 @@ def keygen_cmd(output: str) -> None:
       decide audit keygen -o /etc/finetune-policy/audit.key
       export FINETUNE_POLICY_AUDIT_KEY=/etc/finetune-policy/audit.key
     """
-    from .signing import SigningKey
+    from ..audit.signing import SigningKey
 
     key = SigningKey.generate()
     key.write(output, output + ".pub")
     click.echo(f"key id {key.key_id}: private key {output} (keep it with the writer only), public key "
                f"{output}.pub (give it to auditors)")
 
-
-def main() -> None:
-    """Run the audit group standalone (``python -m ruleengine.audit.cli``); exits with its status."""
-    audit_group(prog_name="decide audit")
-
-
-if __name__ == "__main__":
-    main()
 
 __all__ = ["audit_group", "default_db_path", "explain_decision", "parse_since", "render_record_text"]

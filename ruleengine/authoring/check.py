@@ -513,7 +513,7 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
     memory model (fit dominance, never-fits, gap confirmation). Raises PolicyError for an invalid
     policy and DiagnosticError for a malformed lock file.
     """
-    from .versions import find_lock, lock_diagnostics, read_lock
+    from .versions import find_lock
 
     t0 = time.perf_counter()
     policy, cctx = compile_for_check(path)
@@ -536,11 +536,14 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
         step(c)
         timings[name] = round(time.perf_counter() - t, 4)
     lock_file = lock_path or (_display_path(str(p)) if (p := find_lock(path)) else None)
+    versions_how = "skipped: no versions.lock found"
     if lock_file:
-        from pathlib import Path
+        from .release import release_diagnostics
 
-        lock = read_lock(lock_file) if Path(lock_file).exists() else {}
-        c.diags.extend(lock_diagnostics(policy, lock, lock_file, cctx.loc(("version",))))
+        t = time.perf_counter()
+        version_diags, versions_how = release_diagnostics(policy, lock_file, cctx.loc(("version",)))
+        c.diags.extend(version_diags)
+        timings["versions"] = round(time.perf_counter() - t, 4)
     dominance = ("sampled: estimates compared over models 0.5B-70B x GPU counts 1-8 x bf16 in the overlap"
                  if probe else skipped)
     fits = (f"sampled: smallest model the conditions allow, every catalog GPU, 1-{max_gpus} GPUs, default and "
@@ -549,7 +552,7 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
         "never-holds": "exact", "advise-reachability": "exact", "overlap": "exact", "use-case-table": "exact",
         "unused": "exact", "gaps": "exact" + ("; examples confirmed by evaluating the policy" if probe else ""),
         "shadowing": "exact for equal verdicts; fit dominance " + dominance,
-        "never-fits": fits, "versions": "exact" if lock_file else "skipped: no versions.lock found",
+        "never-fits": fits, "versions": versions_how,
     }
     if analysis.space.opaque_rules:
         provenance["fact-vs-fact"] = ("rules " + ", ".join(sorted(analysis.space.opaque_rules)) +

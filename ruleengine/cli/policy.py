@@ -181,22 +181,21 @@ def check_command(paths: tuple[str, ...], deny_warnings: bool, fmt: str, lock_pa
     analysed exactly (interval/partition boxes); only memory fit is sampled, and the output says
     which is which.
     """
-    from ..authoring.check import check_policy, render_check_text
+    from ..authoring.check import check_policy, compile_for_check, render_check_text
+    from ..authoring.release import lock_release
     from ..authoring.versions import LOCK_NAME, find_lock
-    from ..authoring.versions import update_lock as do_update
 
     reports = []
     extra: list[Diagnostic] = []
     for target in _targets(paths):
         if update_lock:
-            from ..policy import load_policy
-
-            policy = load_policy(target)
-            lock_file = lock_path or find_lock(target) or _default_lock(target, LOCK_NAME)
-            changed, diags = do_update(policy, lock_file)
+            policy, cctx = compile_for_check(target)
+            lock_file = str(lock_path or find_lock(target) or _default_lock(target, LOCK_NAME))
+            changed, diags = lock_release(policy, lock_file, cctx.loc(("version",)))
             extra.extend(diags)
             if changed and fmt == "text":
-                click.echo(f"{lock_file}: recorded {policy.name} {policy.version} = {policy.semantic_sha256[:12]}")
+                click.echo(f"{lock_file}: recorded {policy.name} {policy.version} = {policy.semantic_sha256[:12]} "
+                           "(and its release snapshot)")
         reports.append(check_policy(target, lock_path=lock_path, max_gpus=max_gpus))
     failed = any(r.failed(deny_warnings) for r in reports) or any(d.severity == "error" for d in extra)
     if fmt == "json":

@@ -17,7 +17,7 @@ from ruleengine.authoring.diff import (
     textual_changes,
     version_diagnostics,
 )
-from ruleengine.authoring.grid import GridEvaluator, build_grid, point_facts
+from ruleengine.authoring.grid import GridEvaluator, build_grid
 from ruleengine.cli import main
 from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import normalize_facts
@@ -126,27 +126,42 @@ def test_rule_and_table_changes_are_listed(edited):
 
 
 def test_grid_evaluator_agrees_with_the_evaluator():
+    """Every sampled grid point: the bitmask evaluation equals a plain evaluation (rule, verdict, messages)."""
+    import random
+
     policy = load_policy(str(DEFAULT))
     grid = build_grid([policy], models=(1.1e9, 13e9, 70e9), counts=(1, 8))
-    outcomes = GridEvaluator(policy).outcomes(grid, spot_checks=0)
-    keys = sorted(outcomes)[::211]
-    assert len(keys) > 40
-    for key in keys:
-        facts = normalize_facts(point_facts(grid, key), policy)
+    ge = GridEvaluator(policy)
+    results = ge.evaluate(grid, spot_checks=0)
+    rng = random.Random(1)
+    mems = list(grid.memory_points())
+    for _ in range(60):
+        mem, index = rng.choice(mems), rng.randrange(grid.rule_size)
+        got = ge.outcome(grid, results, mem, index)
+        facts = normalize_facts(grid.facts(mem, index), policy)
         ev = evaluator_for(policy).evaluate(facts, use_engine=False)
-        got = outcomes[key]
         assert got.rule == ev.chosen and got.feasible == (ev.candidate is not None)
         if ev.candidate:
             assert (got.method, got.rank) == (ev.candidate.method, ev.candidate.rank)
+        warnings = {w["code"] for rid in [ev.chosen, *ev.advice] if rid for w in policy.rule(rid).warn}
+        notes = {n["code"] for rid in [ev.chosen, *ev.advice] if rid for n in policy.rule(rid).note}
+        assert (got.warnings, got.notes) == (warnings, notes)
 
 
-def test_grid_covers_every_threshold_cell():
+def test_grid_axes_come_from_every_fact_the_rules_read():
     policy = load_policy(str(DEFAULT))
     grid = build_grid([policy])
     assert grid.rule_axes["data.examples"] == [500, 1000, 100000, 1000000]
     assert 11e9 in grid.memory_axes["model.params"] and 0.5e9 in grid.memory_axes["model.params"]
     assert grid.rule_axes["serving.adapters"] == [1, 2]
     assert sum(grid.gpu_weight.values()) == len(policy.gpus)
+    # read by advise rules only: latency sensitivity, the number of tasks, and the requests per day at which
+    # serving.unmerged_gpu_hours_per_day (a derived fact) crosses wasted_gpu_hours_per_day_warn
+    assert grid.rule_axes["serving.latency_sensitive"] == [False, True]
+    assert grid.rule_axes["data.num_tasks"] == [1, 2]
+    requests = grid.rule_axes["serving.requests_per_day"]
+    assert requests[0] == 0 and requests[-1] == pytest.approx(180_000)
+    assert len(requests) == 3 and requests[1] < 180_000
 
 
 def test_diff_map_shades_the_changed_cells(tmp_path):

@@ -11,6 +11,7 @@ from .diagnostics import Diagnostic, DiagnosticError, Location
 
 MAX_BYTES = 2 * 1024 * 1024
 MAX_NODES = 200_000
+MAX_DEPTH = 100  # collections nested in collections; PyYAML's composer recurses per level
 
 Path = tuple  # tuple[str | int, ...]
 _COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
@@ -68,7 +69,12 @@ class _Builder:
                     self.diags.append(Diagnostic("yaml-complex-key", "mapping keys must be plain scalars",
                                                  self._loc(key_node)))
                     continue
-                key = self.constructor.construct_object(key_node)
+                try:
+                    key = self.constructor.construct_object(key_node)
+                except (yaml.constructor.ConstructorError, ValueError):
+                    self.diags.append(Diagnostic("yaml-bad-value", "this mapping key cannot be read",
+                                                 self._loc(key_node), "use a plain string key"))
+                    continue
                 if not isinstance(key, (str, int, float, bool)) or key is None:
                     key = str(key)
                 if key in out:
@@ -86,6 +92,11 @@ class _Builder:
             self.diags.append(Diagnostic("yaml-bad-value", str(exc.problem or exc), self._loc(node),
                                          "only plain YAML values are allowed (no tags)"))
             return None
+        except ValueError:  # e.g. an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            self.diags.append(Diagnostic("yaml-bad-value", f"the number at this position has {len(node.value)} "
+                                         "characters; no value of a policy or facts file is that large",
+                                         self._loc(node), "write a number of ordinary size"))
+            return None
 
 
 def load_yaml_text(text: str, file: str) -> LocatedDoc:
@@ -98,6 +109,7 @@ def load_yaml_text(text: str, file: str) -> LocatedDoc:
         raise DiagnosticError([Diagnostic("yaml-too-large", f"file is larger than {MAX_BYTES} bytes",
                                           Location(file, 1, 1), "split it or remove generated content")])
     try:
+        _check_depth(text, file)
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -122,6 +134,27 @@ def load_yaml_text(text: str, file: str) -> LocatedDoc:
     if builder.diags:
         raise DiagnosticError(builder.diags)
     return builder.doc
+
+
+_OPEN = (yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken, yaml.BlockMappingStartToken,
+         yaml.BlockSequenceStartToken)
+_CLOSE = (yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken, yaml.BlockEndToken)
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Raise DiagnosticError at the first collection nested deeper than MAX_DEPTH (scanning tokens, no recursion)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = token.start_mark
+                raise DiagnosticError([Diagnostic(
+                    "yaml-too-deep", f"collections nest more than {MAX_DEPTH} levels deep here",
+                    Location(file, mark.line + 1, mark.column + 1),
+                    "flatten the structure (e.g. `all` inside `all` means the same as one list)")])
+        elif isinstance(token, _CLOSE):
+            depth -= 1
 
 
 def load_yaml_file(path: str) -> LocatedDoc:

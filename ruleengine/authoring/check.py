@@ -472,7 +472,8 @@ def _unused_names(c: _Ctx, case_gpus: set[str]) -> None:
               f"gpus.{name}")
 
 
-def _case_gpus(policy_path: str) -> set[str]:
+def _case_gpus(policy_path: str, policy_names: dict[str, str]) -> set[str]:
+    """Return the catalog GPUs the policy's test cases name (aliases resolved); unreadable cases are skipped."""
     from ..diagnostics import DiagnosticError
     from .testing import load_cases, test_files
 
@@ -483,9 +484,10 @@ def _case_gpus(policy_path: str) -> set[str]:
         except DiagnosticError:
             continue
         for case in cases:
-            gpu = (case.facts.get("hardware") or {}).get("gpu")
+            hardware = case.facts.get("hardware")
+            gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
             if isinstance(gpu, str):
-                out.add(gpu)
+                out.add(policy_names.get(gpu, gpu))
     return out
 
 
@@ -494,15 +496,20 @@ def _case_gpus(policy_path: str) -> set[str]:
 def compile_for_check(path: str) -> tuple[Any, Any]:
     """Compile the policy at ``path`` keeping the compiler context (for locations and warnings).
 
-    Returns (policy, context). Raises PolicyError with every diagnostic when the policy is invalid.
+    Returns (policy, context). Raises PolicyError with every diagnostic when the policy is invalid or
+    durable-rules cannot run it (``validation.engine_limit_diagnostics``).
     """
     from ..policy import CompileContext, PolicyError, run_stages
     from ..policy.compiler import read_policy_files
+    from .validation import engine_limit_diagnostics
 
     files, root, origin, reader = read_policy_files(path)
     ctx = run_stages(CompileContext(dict(files), root, origin, reader))
     if ctx.has_errors or ctx.policy is None:
         raise PolicyError(ctx.diags)
+    limits = engine_limit_diagnostics(ctx.policy)
+    if limits:
+        raise PolicyError(ctx.diags + limits)
     return ctx.policy, ctx
 
 
@@ -530,7 +537,7 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
     timings: dict[str, float] = {}
     steps = [("never-holds", _never_holds), ("advise-reachability", _reachability), ("shadowing", _shadowing),
              ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("use-case-table", _use_case_table),
-             ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path)))]
+             ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path, policy.gpu_names())))]
     for name, step in steps:
         t = time.perf_counter()
         step(c)

@@ -129,9 +129,11 @@ def run_policy_tests(policy_path: str) -> PolicyTestReport:
     case files or cases that do not fit the policy (bad facts, unknown rule ids or codes).
     """
     from ..policy import load_policy
+    from .validation import require_runnable
 
     t0 = time.perf_counter()
     policy = load_policy(policy_path)
+    require_runnable(policy)
     files = test_files(policy_path)
     cases = []
     diags: list[Diagnostic] = []

@@ -61,18 +61,17 @@ def validate_command(paths: tuple[str, ...], error_format: str) -> ExitCode:
     PATHS are policy files, bundle directories (with policy.yaml) or directories holding them
     (default: the bundled policies/ directory).
     """
-    from ..policy import PolicyError, load_policy
+    from ..authoring.validation import validate_policy
 
     targets = _targets(paths)
     all_diags: list[Diagnostic] = []
     ok: list[str] = []
     for target in targets:
-        try:
-            policy = load_policy(target)
+        policy, diags = validate_policy(target)
+        all_diags.extend(diags)
+        if policy is not None:
             ok.append(f"{target}: ok ({policy.name} {policy.version}, {len(policy.rules)} rules, "
                       f"sha256 {policy.short_hash})")
-        except PolicyError as exc:
-            all_diags.extend(exc.diagnostics)
     if error_format == "json":
         click.echo(json.dumps({"policies": len(targets), "valid": len(ok),
                                "diagnostics": [d.to_dict() for d in all_diags]}, indent=2))

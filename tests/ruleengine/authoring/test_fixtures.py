@@ -1,0 +1,46 @@
+"""Every broken fixture policy under the command that must catch it: exit status, code and a golden output.
+
+A fixture ``tests/fixtures/policies/broken-NAME/`` holds one deliberate mistake of a policy author;
+``GOLDENS`` names the command that catches it, and ``<command>.expected.txt`` beside the fixture holds
+its exact output (``UPDATE_GOLDEN=1`` rewrites it after review). The `decide check` fixtures are
+listed in test_check.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ruleengine.cli import main
+
+from .conftest import FIXTURES, REPO
+
+# fixture -> [(command and arguments after the fixture path, exit status, a code that must appear)]
+GOLDENS: dict[str, list[tuple[list[str], int, str]]] = {
+    "broken-units": [(["validate"], 3, "threshold-implausible")],
+    "broken-not-runnable": [(["validate"], 3, "number-not-finite")],
+    "broken-deep-conditions": [(["validate"], 3, "yaml-too-deep")],
+    "broken-huge-number": [(["validate"], 3, "yaml-bad-value")],
+    "broken-engine-limits": [(["validate"], 3, "engine-limit"), (["check"], 3, "engine-limit"),
+                             (["test"], 3, "engine-limit")],
+    "broken-phases": [(["validate"], 3, "rank-not-power-of-two")],
+}
+CASES = [(name, i) for name, runs in GOLDENS.items() for i in range(len(runs))]
+
+
+def _golden_name(args: list[str]) -> str:
+    return "-".join(a.lstrip("-") for a in args if not a.startswith("tests/")) + ".expected.txt"
+
+
+@pytest.mark.parametrize("name,i", CASES, ids=[f"{n}-{GOLDENS[n][i][0][0]}" for n, i in CASES])
+def test_fixture_golden(name, i, monkeypatch, expected_file):
+    monkeypatch.chdir(REPO)
+    args, status, code = GOLDENS[name][i]
+    target = f"tests/fixtures/policies/{name}"
+    command = [args[0], target, *args[1:]]
+    result = CliRunner().invoke(main, command, catch_exceptions=False)
+    assert result.exit_code == status, result.output
+    assert f"[{code}]" in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    text = f"$ decide {' '.join(command)}\n# exit {result.exit_code}\n{result.stdout}{result.stderr}"
+    expected_file(FIXTURES / name / _golden_name(args), text)

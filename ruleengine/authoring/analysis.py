@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..units import format_count
-from .intervals import CUSTOM_GPU, INF, Box, Space, box_get
+from .intervals import CUSTOM_GPU, INF, Box, Interval, Space, box_get
 
 ROW_VERDICT_KEYS = ("method", "rank", "alpha", "target_modules", "num_virtual_tokens")
 MODEL_GRID = (0.5e9, 1.1e9, 3e9, 7e9, 13e9, 34e9, 70e9)
@@ -64,6 +64,11 @@ class Analysis:
         """Return the advise rules in evaluation order."""
         return [self.rules[r.id] for r in self.policy.advise_rules]
 
+    @property
+    def chosen(self) -> set[str]:
+        """Return every method some select rule can choose."""
+        return chosen_methods(self)
+
 
 def analyse(policy: Any) -> Analysis:
     """Return the box regions of every rule of ``policy``. Raises AnalysisLimit on a blow-up."""
@@ -97,6 +102,40 @@ def verdict_spec(policy: Any, then: dict, use_case: str | None) -> dict:
 def spec_key(spec: dict) -> str:
     """Return a hashable canonical text of a verdict spec."""
     return json.dumps(spec, sort_keys=True, default=str)
+
+
+# the two fact sets a verdict is resolved for to compare verdicts exactly (see ``resolved_key``)
+_PLAIN_TRAINING: dict[str, Any] = {}
+_USER_TRAINING = {"lora_rank": 8, "target_modules": ["q_proj", "v_proj"], "num_virtual_tokens": 8,
+                  "precision": "fp32", "optimizer": "sgd", "micro_batch_size": 2, "seq_len": 333,
+                  "gradient_checkpointing": False, "sharding": "zero2", "epochs": 7}
+
+
+def resolved_key(policy: Any, then: dict, use_case: str | None) -> str:
+    """Return the verdict a select rule's ``then`` resolves to for ``use_case``, as comparable text.
+
+    Two rules with equal keys produce the same candidate (verdict and memory) for *every* fact set:
+    each verdict field is taken from the first source that gives it (user facts, ``then``, the row,
+    method defaults, policy defaults: ``derive.resolve_spec``), so resolving once without any user
+    training setting and once with all of them (on a GPU without bf16, on two GPUs, several tasks)
+    exercises both branches of every field; the fields depend on each other only through the rank
+    (alpha, AdaLoRA's initial rank), which both resolutions vary.
+    """
+    from ..derive import GpuSpec, resolve_spec
+
+    keys = []
+    uc = use_case or next(iter(policy.use_cases), None)
+    for training, gpu, tasks in ((_PLAIN_TRAINING, GpuSpec("a", 80.0, True, None, None, 1), 1),
+                                 (_USER_TRAINING, GpuSpec("b", 80.0, False, None, None, 2), 2)):
+        facts = {"task": {"use_case": uc}, "data": {"num_tasks": tasks}, "training": dict(training)}
+        try:
+            spec = resolve_spec(policy, then if use_case or not then.get("use_case") else
+                                {k: v for k, v in then.items() if k != "use_case"}, facts, gpu)
+        except (KeyError, ValueError):
+            return spec_key(verdict_spec(policy, then, use_case))
+        data = {k: v for k, v in spec.__dict__.items() if k != "notes"}
+        keys.append(json.dumps(data, sort_keys=True, default=str))
+    return "|".join(keys)
 
 
 def spec_label(spec: dict) -> str:
@@ -149,33 +188,117 @@ def chosen_methods(analysis: Analysis) -> set[str]:
     return out
 
 
-def advise_reachable(analysis: Analysis, info: RuleInfo) -> tuple[bool, str]:
-    """Return whether an advise rule can match, and if not, why (exact box algebra).
+VERDICT_DIMS = ("verdict.method", "verdict.rank", "verdict.sharding", "verdict.memory_gb", "verdict.headroom_gb")
+MAX_USER_RANK = 1024  # facts.schema.json: training.lora_rank
 
-    ``verdict.method == m`` can only hold where a select rule that chooses ``m`` has its
-    conditions hold; ``""`` (infeasible) can hold anywhere. Other verdict facts are free.
+
+def verdict_boxes(analysis: Analysis, method: str) -> list[Box]:
+    """Return the region where the verdict can be ``method`` (``""``: infeasible), with what the other verdict
+    facts can then be: the rank (0 for methods without one; any rank up to 1024 a user may give for ranked
+    methods), the sharding (the user's, the rule's or the defaults', ``auto`` resolving to none, or zero3 on
+    several GPUs), the memory estimate (positive) and the headroom (not negative: the verdict fits).
+    """
+    from ..methods import get as method_spec
+
+    space = analysis.space
+    for name in VERDICT_DIMS:
+        space.dim(name)
+    if method == "":
+        return [_box({"verdict.method": frozenset({""}), "verdict.rank": Interval(0, 0),
+                      "verdict.sharding": frozenset({"none"}), "verdict.memory_gb": Interval(0, 0),
+                      "verdict.headroom_gb": Interval(0, 0)})]
+    ranked = method_spec(method).uses("rank")
+    out: list[Box] = []
+    for box in producers(analysis, method):
+        extra = {"verdict.method": frozenset({method}),
+                 "verdict.rank": Interval(1, MAX_USER_RANK) if ranked else Interval(0, 0),
+                 "verdict.sharding": _shardings(analysis, box, method),
+                 "verdict.memory_gb": Interval(0, INF, True, False), "verdict.headroom_gb": Interval(0, INF)}
+        met = space.meet(box, _box(extra))
+        if met is not None:
+            out.append(met)
+    return out
+
+
+def _box(d: dict) -> Box:
+    return tuple(sorted(d.items()))
+
+
+def _shardings(analysis: Analysis, box: Box, method: str) -> frozenset:
+    """Return the shardings a verdict of ``method`` can resolve to inside ``box`` (an over-approximation)."""
+    space = analysis.space
+    policy = analysis.policy
+    user = space.values(box, "training.sharding")
+    counts = space.values(box, "hardware.gpu_count")
+    several = counts.hi > 1
+    configured = set()
+    for rule in policy.select_rules:
+        configured.add(((rule.then.get("training") or {}).get("sharding")))
+    md = (((policy.defaults.get("methods") or {}).get(method) or {}).get("training") or {}).get("sharding")
+    base = (policy.defaults.get("training") or {}).get("sharding", "auto")
+    out: set[str] = set()
+    for value in user:
+        if value != "auto":
+            out.add(value)
+            continue
+        for chosen in {c for c in configured if c} | {md or base}:
+            if chosen != "auto":
+                out.add(chosen)
+            else:
+                out.add("none")
+                if several:
+                    out.add("zero3")
+    return frozenset(out)
+
+
+def advise_reachable(analysis: Analysis, info: RuleInfo) -> tuple[bool, str]:
+    """Return whether an advise rule can match, and if not, why (exact box algebra over the verdict facts).
+
+    ``verdict.method == m`` can only hold where a select rule that chooses ``m`` has its conditions
+    hold, and then the other verdict facts can only take the values ``verdict_boxes`` gives
+    (``verdict.rank`` is 0 for methods without a rank, the headroom of a verdict is never negative
+    ...); ``""`` (infeasible) can hold anywhere, with rank, memory and headroom 0. The region of each
+    select rule is an over-approximation of where it is chosen (earlier rules and the fit guard are
+    ignored), so a rule found unreachable is unreachable.
     """
     space = analysis.space
     if info.never_holds:
         return False, "its conditions contradict each other"
     reasons = []
+    unchosen: set[str] = set()
+    chosen = analysis.chosen
     for b in info.over:
-        methods = box_get(b, "verdict.method")
-        if methods is None:
+        if not any(n in VERDICT_DIMS for n, _ in b):
             return True, ""
+        methods = box_get(b, "verdict.method")
         rest = tuple((n, c) for n, c in b if n != "verdict.method")
-        for m in sorted(methods):
+        plain = tuple((n, c) for n, c in b if n not in VERDICT_DIMS)
+        wanted = tuple((n, c) for n, c in rest if n in VERDICT_DIMS)
+        for m in sorted(methods if methods is not None else frozenset(chosen | {""})):
+            if m and m not in chosen:
+                unchosen.add(m)
+                continue
+            region = verdict_boxes(analysis, m)
+            if any(space.meet(b, p) is not None for p in region):
+                return True, ""
             if m == "":
-                return True, ""
-            region = producers(analysis, m)
-            if any(space.meet(rest, p) is not None for p in region):
-                return True, ""
-            if not region:
-                reasons.append(f"no select rule chooses {m}")
+                reasons.append(f"an infeasible decision has verdict rank, memory and headroom 0, which excludes "
+                               f"{space.describe(wanted)}")
+            elif any(space.meet(plain, p) is not None for p in region):
+                reasons.append(f"where the select rules choose {m}, {space.describe(wanted)} cannot hold "
+                               f"({_verdict_text(space, region, {n for n, _ in wanted})})")
             else:
-                reasons.append(f"the select rules choose {m} only where {_region_text(space, region)}, "
-                               f"which excludes {space.describe(rest) or 'this rule'}")
+                where = [tuple((n, c) for n, c in p if n not in VERDICT_DIMS) for p in region]
+                reasons.append(f"the select rules choose {m} only where {_region_text(space, where)}, "
+                               f"which excludes {space.describe(plain) or 'this rule'}")
+    if unchosen and (not reasons or len(unchosen) <= 2):
+        reasons.insert(0, "no select rule chooses " + ", ".join(sorted(unchosen)))
     return False, "; ".join(dict.fromkeys(reasons))
+
+
+def _verdict_text(space: Space, boxes: list[Box], dims: set[str]) -> str:
+    parts = sorted({space.dims[n].describe(c) for b in boxes for n, c in b if n in dims})
+    return "there " + " or ".join(parts[:4]) + (" ..." if len(parts) > 4 else "")
 
 
 def _region_text(space: Space, boxes: list[Box]) -> str:

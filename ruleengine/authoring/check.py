@@ -6,11 +6,13 @@ Checks (codes), and how each is decided:
 code                       severity  how
 =========================  ========  ==================================================================
 rule-never-holds           error     exact: the rule's conditions have no solution (box algebra)
-rule-shadowed              error     exact when the covering rules have the same resolved verdict;
+rule-shadowed              error     exact when the covering rules resolve to the same verdict for every
+                                     fact set (``analysis.resolved_key``);
                            /warning  *sampled* (warning) when fit dominance between different verdicts
                                      was sampled over model sizes x GPU counts x bf16
-advise-never-matches       warning   exact: ``verdict.method`` values no select rule can choose where
-                                     the advise rule's other conditions hold
+advise-never-matches       error     exact: verdict facts (method, rank, sharding, memory, headroom) no
+                                     select rule's verdict can have where the advise rule's other
+                                     conditions hold
 rule-overlap               warning   exact: two select rules of equal priority with different verdicts
                                      whose conditions hold together (ties are broken by id)
 select-gap                 warning   exact: a region where no select rule's conditions hold, with an
@@ -55,7 +57,7 @@ from .analysis import (
     facts_text,
     numeric_samples,
     rule_use_cases,
-    spec_key,
+    resolved_key,
     spec_label,
     verdict_spec,
 )
@@ -148,8 +150,8 @@ def _reachability(c: _Ctx) -> None:
         ok, why = advise_reachable(c.analysis, info)
         if not ok:
             c.add("advise-never-matches", f"advise rule `{info.id}` can never match: {why} (exact)",
-                  c.rule_loc(info.id, "when"), "change the condition on verdict.method, add a select rule that "
-                  "chooses that method, or remove the rule", "warning", f"rules.{info.id}")
+                  c.rule_loc(info.id, "when"), "change its conditions on the verdict facts, add a select rule that "
+                  "chooses such a verdict, or remove the rule", "error", f"rules.{info.id}")
 
 
 def _dominance(c: _Ctx, earlier: RuleInfo, later: RuleInfo, region: list[Box], uc: str) -> bool:
@@ -194,40 +196,39 @@ def _shadowing(c: _Ctx) -> None:
     select = [i for i in c.analysis.select if not i.never_holds]
     for pos, later in enumerate(select):
         cover: list[Box] = []
+        exact_cover: list[Box] = []
         by: dict[str, str] = {}
         for earlier in select[:pos]:
             inter = space.meet_all(earlier.under, later.over)
             if not inter:
                 continue
-            dominated: set[str] = set()
-            how = "exact"
+            same_ucs: set[str] = set()
+            sampled_ucs: set[str] = set()
             for uc in rule_use_cases(space, earlier, inter):
-                same = spec_key(verdict_spec(c.policy, earlier.rule.then, uc)) == spec_key(
-                    verdict_spec(c.policy, later.rule.then, uc))
                 region = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset({uc}))) is not None]
-                if same:
-                    dominated.add(uc)
+                if resolved_key(c.policy, earlier.rule.then, uc) == resolved_key(c.policy, later.rule.then, uc):
+                    same_ucs.add(uc)
                 elif _dominance(c, earlier, later, region, uc):
-                    dominated.add(uc)
-                    how = "sampled"
-            if not dominated:
-                continue
-            part = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset(dominated))) is not None]
-            if part:
-                cover.extend(part)
-                by[earlier.id] = how
-        if cover and space.covers(cover, later.over):
-            exact = all(h == "exact" for h in by.values())
-            names = ", ".join(f"`{k}`" for k in by)
-            if exact:
-                why = "with the same verdict (exact)"
-            else:
-                why = ("whose verdicts fit whenever its own does (fit dominance sampled over model sizes x GPU "
-                       "counts; conditions exact)")
+                    sampled_ucs.add(uc)
+            for ucs, target in ((same_ucs, exact_cover), (same_ucs | sampled_ucs, cover)):
+                part = [r for b in inter if ucs and (r := space.restrict(b, "task.use_case", frozenset(ucs)))]
+                target.extend(part)
+            if same_ucs or sampled_ucs:
+                by[earlier.id] = "exact" if same_ucs and not sampled_ucs else "sampled"
+        if exact_cover and space.covers(exact_cover, later.over):
+            exact = [k for k, how in by.items() if how == "exact"]
+            names = ", ".join(f"`{k}`" for k in exact)
             c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
-                  f"{names} come{'s' if len(by) == 1 else ''} first {why}", c.rule_loc(later.id),
+                  f"{names} come{'s' if len(exact) == 1 else ''} first with the same verdict (exact)",
+                  c.rule_loc(later.id), "remove the rule, give it a lower priority number than the rules that cover "
+                  "it, or narrow their conditions", "error", f"rules.{later.id}")
+        elif cover and space.covers(cover, later.over):
+            names = ", ".join(f"`{k}`" for k in by)
+            c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
+                  f"{names} come{'s' if len(by) == 1 else ''} first whose verdicts fit whenever its own does (fit "
+                  "dominance sampled over model sizes x GPU counts; conditions exact)", c.rule_loc(later.id),
                   "remove the rule, give it a lower priority number than the rules that cover it, or narrow "
-                  "their conditions", "error" if exact else "warning", f"rules.{later.id}")
+                  "their conditions", "warning", f"rules.{later.id}")
 
 
 def _overlaps(c: _Ctx) -> None:
@@ -239,8 +240,7 @@ def _overlaps(c: _Ctx) -> None:
                 continue
             region = space.meet_all(a.under, b.under)
             differing = [uc for uc in rule_use_cases(space, a, region)
-                         if spec_key(verdict_spec(c.policy, a.rule.then, uc))
-                         != spec_key(verdict_spec(c.policy, b.rule.then, uc))]
+                         if resolved_key(c.policy, a.rule.then, uc) != resolved_key(c.policy, b.rule.then, uc)]
             if not differing:
                 continue
             box = next(r for x in region if (r := space.restrict(x, "task.use_case", frozenset(differing))))

@@ -19,7 +19,7 @@ from .conftest import FIXTURES, MINI, REPO
 BROKEN = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("broken-"))
 # the code each fixture exists for, and the exit status of `decide check` on it
 EXPECTED = {
-    "broken-dead-advise": ("advise-never-matches", 0),
+    "broken-dead-advise": ("advise-never-matches", 5),
     "broken-gap": ("select-gap", 0),
     "broken-never-fits": ("rule-never-fits", 5),
     "broken-never-holds": ("rule-never-holds", 5),

@@ -233,7 +233,7 @@ def _shardings(analysis: Analysis, box: Box, method: str) -> frozenset:
     several = counts.hi > 1
     configured = set()
     for rule in policy.select_rules:
-        configured.add(((rule.then.get("training") or {}).get("sharding")))
+        configured.add((rule.then.get("training") or {}).get("sharding"))
     md = (((policy.defaults.get("methods") or {}).get(method) or {}).get("training") or {}).get("sharding")
     base = (policy.defaults.get("training") or {}).get("sharding", "auto")
     out: set[str] = set()

@@ -56,8 +56,8 @@ from .analysis import (
     example_facts,
     facts_text,
     numeric_samples,
-    rule_use_cases,
     resolved_key,
+    rule_use_cases,
     spec_label,
     verdict_spec,
 )

@@ -19,6 +19,8 @@ select-gap                 warning   exact: a region where no select rule's cond
                                      example fact set confirmed by evaluating the policy
 rule-never-fits            error     sampled: the verdict exceeds usable memory on every catalog GPU
                                      with 1..max GPUs, for the smallest model the conditions allow
+fit-gap                    warning   sampled grid, confirmed: a select rule's conditions hold and no
+                                     rule chooses a verdict that fits, while some method would fit
 use-case-method-override   warning   exact: a ``use_case: true`` rule turns a row into a method of
                                      another family (e.g. a full_ft row into qlora: no rank)
 use-case-row-unused        warning   exact: no ``use_case: true`` rule can use the row's verdict
@@ -116,6 +118,7 @@ class _Ctx:
                       if isinstance(r, dict) and "id" in r}
         self.diags: list[Diagnostic] = []
         self.samples = 0
+        self.fit_gap_grid = 0
 
     def rule_loc(self, rule_id: str, *sub: Any) -> Location:
         """Return the location of a rule (or a field inside it)."""
@@ -388,6 +391,64 @@ def _gpus_in(c: _Ctx, box: Box) -> list[tuple[str, float, bool]]:
     return out
 
 
+FIT_GAP_COUNTS = (1, 2, 8)
+
+
+def _fit_gaps(c: _Ctx) -> None:
+    """Warn where select rules' conditions hold but none of their verdicts fits although some method would."""
+    if c.probe is None:
+        return
+    from ..evaluate import evaluator_for
+    from ..facts import FactsError
+    from .grid import GridEvaluator, build_grid, point_weight
+
+    policy = c.policy
+    grid = build_grid([policy], counts=FIT_GAP_COUNTS, select_only=True)
+    ge = GridEvaluator(policy)
+    results = ge.evaluate(grid, spot_checks=0, advice=False, keep=True)
+    order = [r.id for r in policy.select_rules]
+    found: dict[str, list] = {}  # first rule whose conditions hold -> [(mem, mask, weight)]
+    for mem, res in results.items():
+        gaps = res.chosen.get(None, 0)
+        if res.error or not gaps or not res.derived.flat.get("fits.any"):
+            continue
+        for rid in order:
+            part = gaps & res.holds.get(rid, 0)
+            if part:
+                found.setdefault(rid, []).append((mem, part, point_weight(grid, mem)))
+                gaps &= ~part
+    c.fit_gap_grid = grid.size
+    evaluator = evaluator_for(policy)
+    for rid, parts in found.items():
+        count = sum(mask.bit_count() * w for _, mask, w in parts)
+        example = None
+        for mem, mask, _ in sorted(parts, key=lambda p: p[0]):
+            facts = grid.facts(mem, (mask & -mask).bit_length() - 1)
+            try:
+                ev = evaluator.evaluate(c.probe.normalized(facts))
+            except (FactsError, ValueError):
+                continue
+            if ev.candidate is None and ev.flat.get("fits.any"):
+                example = (facts, ev)
+                break
+        if example is None:
+            continue
+        facts, ev = example
+        held = [e.rule for e in ev.trace if getattr(e, "kind", "") == "select" and e.conditions_hold]
+        chosen = ev.derived.candidates[rid]
+        fitting = sorted((cand.estimate.total_gib, m) for m, cand in ev.derived.defaults.items() if cand.fits)
+        fits_text = ", ".join(f"{m} ({gib:.1f} GiB)" for gib, m in fitting[:4])
+        rest = [f"`{h}`" for h in held if h != rid]
+        others = f"; the conditions of {', '.join(rest)} hold too" if rest else ""
+        c.add("fit-gap", f"where the conditions of select rule `{rid}` hold, no rule chooses a method that fits in "
+              f"{count:,} of {grid.size:,} sampled fact sets although another method would; confirmed: "
+              f"{facts_text(facts)} is infeasible: `{rid}` chooses {chosen.label()} "
+              f"({chosen.estimate.total_gib:.1f} GiB, {chosen.usable_gb:.1f} usable){others}, while "
+              f"{fits_text} would fit", c.rule_loc(rid),
+              "add a fallback rule for these conditions with a verdict that fits (e.g. QLoRA), or let a later rule "
+              "cover them", "warning", f"rules.{rid}")
+
+
 def _use_case_table(c: _Ctx) -> None:
     policy, space = c.policy, c.space
     rows = policy.use_cases
@@ -536,7 +597,8 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
     c.diags.extend(d for d in cctx.diags if d.severity != "error")
     timings: dict[str, float] = {}
     steps = [("never-holds", _never_holds), ("advise-reachability", _reachability), ("shadowing", _shadowing),
-             ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("use-case-table", _use_case_table),
+             ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("fit-gaps", _fit_gaps),
+             ("use-case-table", _use_case_table),
              ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path, policy.gpu_names())))]
     for name, step in steps:
         t = time.perf_counter()
@@ -559,7 +621,11 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
         "never-holds": "exact", "advise-reachability": "exact", "overlap": "exact", "use-case-table": "exact",
         "unused": "exact", "gaps": "exact" + ("; examples confirmed by evaluating the policy" if probe else ""),
         "shadowing": "exact for equal verdicts; fit dominance " + dominance,
-        "never-fits": fits, "versions": versions_how,
+        "never-fits": fits,
+        "fit-gaps": (f"sampled: {c.fit_gap_grid:,} fact sets (models 0.5B-70B and model boundaries x every GPU "
+                     f"class x {'/'.join(map(str, FIT_GAP_COUNTS))} GPUs x every use case x every condition cell); "
+                     "examples confirmed by evaluating the policy" if probe else skipped),
+        "versions": versions_how,
     }
     if analysis.space.opaque_rules:
         provenance["fact-vs-fact"] = ("rules " + ", ".join(sorted(analysis.space.opaque_rules)) +

@@ -344,7 +344,8 @@ def _numeric_values(policies: list[Any], name: str, floor: float, integer: bool,
     return sorted(int(v) if integer else float(v) for v in values)
 
 
-def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = COUNTS) -> Grid:
+def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = COUNTS,
+               select_only: bool = False) -> Grid:
     """Return a representative grid over every fact the policies' rules (and their derived facts) read.
 
     Memory axes: models 0.5B-70B plus every model-size boundary, every catalog GPU of either policy
@@ -353,6 +354,7 @@ def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = 
     per cell that the policies' conditions cut in each fact they read, with thresholds of facts
     derived from several given facts (``data.tokens_total``, ``serving.unmerged_gpu_hours_per_day``)
     solved back into those facts. Facts no rule reads are held at their normalized defaults.
+    ``select_only`` leaves out what only advise rules read (for analyses of the selection).
     """
     from ..derive import fact_flat
 
@@ -360,7 +362,7 @@ def build_grid(policies: list[Any], models: tuple = MODEL_GRID, counts: tuple = 
     model = FactModel(first)
     reads: set[str] = set()
     for policy in policies:
-        for rule in policy.rules:
+        for rule in (policy.select_rules if select_only else policy.rules):
             reads |= rule_reads(rule)
     needed: set[str] = set()
     for fact in reads:
@@ -493,6 +495,8 @@ class MemoryResult:
     labels: dict[str | None, tuple] = field(default_factory=dict)  # rule id -> (method, rank)
     codes: dict[str, int] = field(default_factory=dict)  # "warn:<code>" / "note:<code>" -> mask
     advice: dict[str, int] = field(default_factory=dict)  # advise rule id -> mask
+    holds: dict[str, int] = field(default_factory=dict)  # select rule id -> where its conditions hold (keep=True)
+    derived: Any = None  # the memory point's derivation (``GridEvaluator.evaluate(keep=True)``)
 
 
 def _mask_repeat(pattern: int, period: int, count: int) -> int:
@@ -576,8 +580,13 @@ class GridEvaluator:
         self.evaluations = 0
         self.checks = 0
 
-    def evaluate(self, grid: Grid, spot_checks: int = 20, seed: int = 0) -> dict[tuple, MemoryResult]:
-        """Return the result at every memory point. Raises GridMismatch when a spot check disagrees."""
+    def evaluate(self, grid: Grid, spot_checks: int = 20, seed: int = 0, advice: bool = True,
+                 keep: bool = False) -> dict[tuple, MemoryResult]:
+        """Return the result at every memory point. Raises GridMismatch when a spot check disagrees.
+
+        ``advice=False`` skips advise rules and messages (selection only); ``keep`` keeps each memory
+        point's derivation in ``MemoryResult.derived`` (for analyses that read candidates and fits).
+        """
         from ..derive import fact_flat
         from ..evaluate import verdict_facts
         from ..facts import FactsError, normalize_facts
@@ -652,10 +661,12 @@ class GridEvaluator:
                     memo[key] = found
                 return found
 
-            res = MemoryResult()
+            res = MemoryResult(derived=derived if keep else None)
             remaining = rg.all
             for c in select:
                 cand = derived.candidates[c.id]
+                if keep:
+                    res.holds[c.id] = holds(c, {})
                 if not cand.fits or not remaining:
                     continue
                 hit = remaining & holds(c, {})
@@ -672,11 +683,20 @@ class GridEvaluator:
                         res.codes[f"warn:{w['code']}"] = res.codes.get(f"warn:{w['code']}", 0) | mask
                     for n in rule.note:
                         res.codes[f"note:{n['code']}"] = res.codes.get(f"note:{n['code']}", 0) | mask
-            for c in advise:
-                matched = 0
-                for rid, mask in res.chosen.items():
-                    vf = verdict_facts(derived.candidates[rid] if rid is not None else None)
-                    matched |= mask & holds(c, vf)
+            vfs = {rid: verdict_facts(derived.candidates[rid] if rid is not None else None) for rid in res.chosen}
+            for c in advise if advice else ():
+                if not c.verdict_keys:
+                    matched = holds(c, {})
+                else:
+                    by_verdict: dict[tuple, int] = {}
+                    extras: dict[tuple, dict] = {}
+                    for rid, mask in res.chosen.items():
+                        key = tuple(vfs[rid][k] for k in c.verdict_keys)
+                        by_verdict[key] = by_verdict.get(key, 0) | mask
+                        extras[key] = vfs[rid]
+                    matched = 0
+                    for key, mask in by_verdict.items():
+                        matched |= mask & holds(c, extras[key])
                 if matched:
                     res.advice[c.id] = matched
                     for w in c.rule.warn:
@@ -684,7 +704,7 @@ class GridEvaluator:
                     for n in c.rule.note:
                         res.codes[f"note:{n['code']}"] = res.codes.get(f"note:{n['code']}", 0) | matched
             out[mem] = res
-        self._spot_check(grid, out, spot_checks, seed)
+        self._spot_check(grid, out, spot_checks if advice else 0, seed)
         return out
 
     def outcome(self, grid: Grid, results: dict[tuple, MemoryResult], mem: tuple, index: int) -> Outcome:

@@ -400,6 +400,7 @@ def _fit_gaps(c: _Ctx) -> None:
         return
     from ..evaluate import evaluator_for
     from ..facts import FactsError
+    from ..trace import SelectEvent
     from .grid import GridEvaluator, build_grid, point_weight
 
     policy = c.policy
@@ -434,7 +435,7 @@ def _fit_gaps(c: _Ctx) -> None:
         if example is None:
             continue
         facts, ev = example
-        held = [e.rule for e in ev.trace if getattr(e, "kind", "") == "select" and e.conditions_hold]
+        held = [e.rule for e in ev.trace if isinstance(e, SelectEvent) and e.conditions_hold]
         chosen = ev.derived.candidates[rid]
         fitting = sorted((cand.estimate.total_gib, m) for m, cand in ev.derived.defaults.items() if cand.fits)
         fits_text = ", ".join(f"{m} ({gib:.1f} GiB)" for gib, m in fitting[:4])

@@ -534,6 +534,9 @@ class _RuleGrid:
         return found
 
 
+_KEYS = itertools.count()
+
+
 class _Compiled:
     """A rule's check with what it reads split into rule axes, memory facts and verdict facts."""
 
@@ -541,6 +544,7 @@ class _Compiled:
         self.rule = rule
         self.check = compiled.check
         self.id = rule.id
+        self.key = next(_KEYS)  # memo key: a variant of a rule keeps its id but not its check
         reads = rule_reads(rule)
         axes: set[int] = set()
         self.memory_keys: list[str] = []
@@ -564,12 +568,24 @@ class _Compiled:
         self.combos = list(itertools.product(*(range(grid.sizes[a]) for a in self.axes)))
 
 
+@dataclass
+class _Point:
+    """A memory point as evaluated: its index, normalized facts, memory-derived flat facts and derivation."""
+
+    index: int
+    facts: dict
+    mem_flat: dict
+    derived: Any
+
+
 class GridEvaluator:
     """Evaluates one policy over a grid with the decision core's own derivation and rule checks.
 
     Per memory point: ``Evaluator.derive`` once; per rule, its compiled check once per combination
     of the rule axes it reads (memoised across memory points on the memory facts it reads), giving
     bitmasks; selection (first hit whose verdict fits), advice and message codes are bit operations.
+    ``difference`` compares a variant of the policy (other conditions or order, the same verdicts)
+    with an evaluation kept with ``keep=True``, re-checking only the rules that differ.
     """
 
     def __init__(self, policy: Any):
@@ -579,13 +595,76 @@ class GridEvaluator:
         self.evaluator = evaluator_for(policy)
         self.evaluations = 0
         self.checks = 0
+        self.points: dict[tuple, _Point] = {}
+        self._memo: dict[tuple, int] = {}
+        self._flats: dict[tuple, dict] = {}
+        self._rg: _RuleGrid | None = None
+        self._model: FactModel | None = None
+        self._mnames: set[str] = set()
+
+    def _compile(self, rule: Any, compiled: Any) -> _Compiled:
+        assert self._rg is not None and self._model is not None
+        return _Compiled(rule, compiled, self._rg, self._model, self._mnames)
+
+    def _flat(self, point: _Point, axes: tuple, idx: tuple) -> dict:
+        from ..derive import fact_flat
+
+        rg = self._rg
+        assert rg is not None
+        key = (point.index, axes, idx)
+        found = self._flats.get(key)
+        if found is None:
+            groups = {rg.names[a].split(".")[0] for a in axes}
+            f = {**point.facts, **{g: dict(point.facts[g]) for g in groups}}
+            for a, i in zip(axes, idx, strict=True):
+                _set_value(f, rg.names[a], rg.values[a][i])
+            found = fact_flat(self.policy, f)
+            found.update(point.mem_flat)
+            if len(self._flats) > 200_000:
+                self._flats.clear()
+            self._flats[key] = found
+        return found
+
+    def _holds(self, c: _Compiled, point: _Point, extra: dict) -> int:
+        """Return the mask of rule-grid points where ``c``'s condition holds at ``point`` (with verdict facts)."""
+        rg = self._rg
+        assert rg is not None
+        mkey = tuple(point.derived.flat.get(k) for k in c.memory_keys)
+        key = (c.key, point.index if c.mixed else None, mkey, tuple(extra.get(k) for k in c.verdict_keys))
+        found = self._memo.get(key)
+        if found is None:
+            found = 0
+            for idx in c.combos:
+                flat = self._flat(point, c.axes, idx)
+                if extra:
+                    flat = {**flat, **extra}
+                self.checks += 1
+                if c.check(flat) is None:
+                    found |= rg.combo_mask(c.axes, idx)
+            self._memo[key] = found
+        return found
+
+    def _advice_mask(self, c: _Compiled, point: _Point, chosen: dict, vfs: dict) -> int:
+        if not c.verdict_keys:
+            return self._holds(c, point, {})
+        by_verdict: dict[tuple, int] = {}
+        extras: dict[tuple, dict] = {}
+        for rid, mask in chosen.items():
+            key = tuple(vfs[rid][k] for k in c.verdict_keys)
+            by_verdict[key] = by_verdict.get(key, 0) | mask
+            extras[key] = vfs[rid]
+        matched = 0
+        for key, mask in by_verdict.items():
+            matched |= mask & self._holds(c, point, extras[key])
+        return matched
 
     def evaluate(self, grid: Grid, spot_checks: int = 20, seed: int = 0, advice: bool = True,
                  keep: bool = False) -> dict[tuple, MemoryResult]:
         """Return the result at every memory point. Raises GridMismatch when a spot check disagrees.
 
         ``advice=False`` skips advise rules and messages (selection only); ``keep`` keeps each memory
-        point's derivation in ``MemoryResult.derived`` (for analyses that read candidates and fits).
+        point's derivation (``MemoryResult.derived``), where every select rule's condition holds
+        (``MemoryResult.holds``) and the points' state for ``difference``.
         """
         from ..derive import fact_flat
         from ..evaluate import verdict_facts
@@ -593,13 +672,14 @@ class GridEvaluator:
 
         policy = self.policy
         ev = self.evaluator
-        rg = _RuleGrid(grid)
-        model = FactModel(policy)
-        mnames = set(grid.memory_axes)
-        select = [_Compiled(r, c, rg, model, mnames) for r, c in zip(policy.select_rules, ev.select, strict=True)]
-        advise = [_Compiled(r, c, rg, model, mnames) for r, c in zip(policy.advise_rules, ev.advise, strict=True)]
-        memo: dict[tuple, int] = {}
-        flat_cache: dict[tuple, dict] = {}
+        self._rg = rg = _RuleGrid(grid)
+        self._model = FactModel(policy)
+        self._mnames = set(grid.memory_axes)
+        self._memo.clear()
+        self._flats.clear()
+        self.points.clear()
+        select = [self._compile(r, c) for r, c in zip(policy.select_rules, ev.select, strict=True)]
+        advise = [self._compile(r, c) for r, c in zip(policy.advise_rules, ev.advise, strict=True)]
         out: dict[tuple, MemoryResult] = {}
         mem_names = list(grid.memory_axes)
         base_rule = {name: values[0] for name, values in grid.rule_axes.items()}
@@ -626,50 +706,19 @@ class GridEvaluator:
                 continue
             self.evaluations += 1
             base_ff = fact_flat(policy, facts)
-            mem_flat = {k: v for k, v in derived.flat.items() if base_ff.get(k, _MISSING) != v}
-
-            def flat_for(axes: tuple, idx: tuple, facts: dict = facts, mem_flat: dict = mem_flat,
-                         mi: int = mi) -> dict:
-                key = (mi, axes, idx)
-                found = flat_cache.get(key)
-                if found is None:
-                    groups = {rg.names[a].split(".")[0] for a in axes}
-                    f = {**facts, **{g: dict(facts[g]) for g in groups}}
-                    for a, i in zip(axes, idx, strict=True):
-                        _set_value(f, rg.names[a], rg.values[a][i])
-                    found = fact_flat(policy, f)
-                    found.update(mem_flat)
-                    if len(flat_cache) > 200_000:
-                        flat_cache.clear()
-                    flat_cache[key] = found
-                return found
-
-            def holds(c: _Compiled, extra: dict, mi: int = mi, flat_for: Any = flat_for,
-                      derived: Any = derived) -> int:
-                mkey = tuple(derived.flat.get(k) for k in c.memory_keys)
-                key = (c.id, mi if c.mixed else None, mkey, tuple(extra.get(k) for k in c.verdict_keys))
-                found = memo.get(key)
-                if found is None:
-                    found = 0
-                    for idx in c.combos:
-                        flat = flat_for(c.axes, idx)
-                        if extra:
-                            flat = {**flat, **extra}
-                        self.checks += 1
-                        if c.check(flat) is None:
-                            found |= rg.combo_mask(c.axes, idx)
-                    memo[key] = found
-                return found
-
+            state = _Point(mi, facts, {k: v for k, v in derived.flat.items() if base_ff.get(k, _MISSING) != v},
+                           derived)
+            if keep:
+                self.points[mem] = state
             res = MemoryResult(derived=derived if keep else None)
             remaining = rg.all
             for c in select:
                 cand = derived.candidates[c.id]
                 if keep:
-                    res.holds[c.id] = holds(c, {})
+                    res.holds[c.id] = self._holds(c, state, {})
                 if not cand.fits or not remaining:
                     continue
-                hit = remaining & holds(c, {})
+                hit = remaining & self._holds(c, state, {})
                 if hit:
                     res.chosen[c.id] = hit
                     res.labels[c.id] = (cand.method, cand.rank)
@@ -685,18 +734,7 @@ class GridEvaluator:
                         res.codes[f"note:{n['code']}"] = res.codes.get(f"note:{n['code']}", 0) | mask
             vfs = {rid: verdict_facts(derived.candidates[rid] if rid is not None else None) for rid in res.chosen}
             for c in advise if advice else ():
-                if not c.verdict_keys:
-                    matched = holds(c, {})
-                else:
-                    by_verdict: dict[tuple, int] = {}
-                    extras: dict[tuple, dict] = {}
-                    for rid, mask in res.chosen.items():
-                        key = tuple(vfs[rid][k] for k in c.verdict_keys)
-                        by_verdict[key] = by_verdict.get(key, 0) | mask
-                        extras[key] = vfs[rid]
-                    matched = 0
-                    for key, mask in by_verdict.items():
-                        matched |= mask & holds(c, extras[key])
+                matched = self._advice_mask(c, state, res.chosen, vfs)
                 if matched:
                     res.advice[c.id] = matched
                     for w in c.rule.warn:
@@ -706,6 +744,72 @@ class GridEvaluator:
             out[mem] = res
         self._spot_check(grid, out, spot_checks if advice else 0, seed)
         return out
+
+    def difference(self, results: dict[tuple, MemoryResult], variant: Any,
+                   order: list[tuple] | None = None) -> tuple[tuple, int] | None:
+        """Return (memory point, mask of rule-grid points) where ``variant`` decides differently, or None.
+
+        ``variant`` is this policy with other conditions or another rule order and the same verdicts
+        (a mutant); ``results`` come from ``evaluate(..., keep=True)``. Different means another chosen
+        rule (or feasibility), or other warning or note codes. Only the rules that differ are checked.
+        Memory points are tried in ``order`` (default: the grid's).
+        """
+        from ..evaluate import Evaluator, verdict_facts
+
+        orig = {r.id: r for r in self.policy.rules}
+        changed = {r.id for r in variant.rules
+                   if r.id not in orig or r.when != orig[r.id].when or r.priority != orig[r.id].priority}
+        order_changed = [r.id for r in variant.select_rules] != [r.id for r in self.policy.select_rules]
+        var_ev = Evaluator(variant)
+        compiled = {c.id: c for c in [*var_ev.select, *var_ev.advise]}
+        var_rules = {r.id: self._compile(r, compiled[r.id]) for r in variant.rules if r.id in changed}
+        code_rules: dict[str, list[Any]] = {}
+        for r in self.policy.rules:
+            for m in [*r.warn, *r.note]:
+                code_rules.setdefault(m["code"], []).append(r)
+        for mem in order or list(results):
+            res = results[mem]
+            if res.error:
+                continue
+            point = self.points[mem]
+            chosen = res.chosen
+            if order_changed or changed & set(res.holds):
+                remaining = self._rg.all if self._rg else 0
+                chosen = {}
+                for r in variant.select_rules:
+                    cand = point.derived.candidates[r.id]
+                    if not cand.fits or not remaining:
+                        continue
+                    held = self._holds(var_rules[r.id], point, {}) if r.id in changed else res.holds[r.id]
+                    hit = remaining & held
+                    if hit:
+                        chosen[r.id] = hit
+                        remaining &= ~hit
+                if remaining:
+                    chosen[None] = remaining
+                diff = 0
+                for rid in set(chosen) | set(res.chosen):
+                    diff |= chosen.get(rid, 0) ^ res.chosen.get(rid, 0)
+                if diff:
+                    return mem, diff
+            advise_changed = [rid for rid in changed if rid in var_rules and var_rules[rid].rule.kind == "advise"]
+            if not advise_changed:
+                continue
+            vfs = {rid: verdict_facts(point.derived.candidates[rid] if rid is not None else None) for rid in chosen}
+            matched = dict(res.advice)
+            for rid in advise_changed:
+                matched[rid] = self._advice_mask(var_rules[rid], point, chosen, vfs)
+            for rid in advise_changed:
+                rule = var_rules[rid].rule
+                for m in [*rule.warn, *rule.note]:
+                    kind = "warn" if m in rule.warn else "note"
+                    new = 0
+                    for src in code_rules.get(m["code"], []):
+                        new |= chosen.get(src.id, 0) if src.kind == "select" else matched.get(src.id, 0)
+                    diff = new ^ res.codes.get(f"{kind}:{m['code']}", 0)
+                    if diff:
+                        return mem, diff
+        return None
 
     def outcome(self, grid: Grid, results: dict[tuple, MemoryResult], mem: tuple, index: int) -> Outcome:
         """Return the outcome at one grid point from the evaluated results."""

@@ -105,19 +105,27 @@ def schema_command(name: str) -> ExitCode:
 
 @click.command("test", epilog=EXIT_CODES_HELP)
 @click.argument("paths", nargs=-1, type=click.Path())
-@click.option("--min-coverage", type=click.FloatRange(0, 100), default=0.0, show_default=True, metavar="PCT",
-              help="fail (exit 5) when rule coverage is below PCT percent")
+@click.option("--min-coverage", type=click.FloatRange(0, 100), default=None, metavar="PCT",
+              help="fail (exit 5) when coverage (rules, use-case rows, GPU entries) is below PCT percent "
+                   "[default: the case files' gates.min_coverage, else 0]")
+@click.option("--mutants", is_flag=True, help="also mutate every condition and rule order and report the mutants "
+              "no case kills, each with a case that would")
+@click.option("--min-mutation-score", type=click.FloatRange(0, 100), default=None, metavar="PCT",
+              help="with --mutants: fail (exit 5) below PCT percent killed "
+                   "[default: the case files' gates.min_mutation_score, else 0]")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="output format")
-@click.option("--verbose", "-v", is_flag=True, help="also list always-true rules")
+@click.option("--verbose", "-v", is_flag=True, help="also list always-true rules and equivalent mutants")
 @error_format_option
-def test_command(paths: tuple[str, ...], min_coverage: float, fmt: str, verbose: bool, error_format: str) -> ExitCode:
-    """Run the test cases beside each policy under PATHS (default: policies/) and report rule coverage.
+def test_command(paths: tuple[str, ...], min_coverage: float | None, mutants: bool, min_mutation_score: float | None,
+                 fmt: str, verbose: bool, error_format: str) -> ExitCode:
+    """Run the test cases beside each policy under PATHS (default: policies/) and report coverage.
 
     A case file is `tests/*.yaml` in a bundle (or `<name>.tests/*.yaml` beside a single-file
-    policy) holding `cases:` with `facts:` and `expect:`. Failures show expected vs actual per
-    field. Coverage: select rules chosen by some case, advise rules matched by some case, and
-    whether each rule's conditions were seen both true and false. Rules that can never apply
-    (proven by the box analysis of `decide check`) are listed and not counted.
+    policy) holding `cases:` with `facts:` and `expect:`, and optionally `gates:` (`min_coverage`,
+    `min_mutation_score`). Failures show expected vs actual per field. Coverage: select rules
+    chosen by some case, advise rules matched by some case, use-case rows and GPU entries some case
+    decides on, and whether each rule's conditions were seen both true and false. Rules that can
+    never apply (proven by the box analysis of `decide check`) are listed and not counted.
     """
     from ..authoring.coverage import render_report_text, run_policy_tests
     from ..policy import PolicyError
@@ -127,21 +135,36 @@ def test_command(paths: tuple[str, ...], min_coverage: float, fmt: str, verbose:
     bad_policy: list[Diagnostic] = []
     for target in _targets(paths):
         try:
-            reports.append(run_policy_tests(target))
+            reports.append(run_policy_tests(target, mutants=mutants))
         except PolicyError as exc:
             bad_policy.extend(exc.diagnostics)
         except DiagnosticError as exc:
             bad_cases.extend(exc.diagnostics)
-    failed = [r for r in reports if r.failures or r.rule_coverage < min_coverage]
+    failed = []
+    gate_lines: dict[int, list[str]] = {}
+    for r in reports:
+        lines = gate_lines.setdefault(id(r), [])
+        need = min_coverage if min_coverage is not None else r.gates.get("min_coverage", 0.0)
+        if r.failures:
+            failed.append(r)
+        if r.coverage < need:
+            failed.append(r)
+            lines.append(f"FAIL coverage {r.coverage:.1f}% is below the minimum {need:g}%")
+        if mutants:
+            score_min = min_mutation_score if min_mutation_score is not None else r.gates.get("min_mutation_score", 0.0)
+            if r.mutation is not None and r.mutation.score < score_min:
+                failed.append(r)
+                lines.append(f"FAIL mutation score {r.mutation.score:.1f}% is below the minimum {score_min:g}%")
     if fmt == "json":
-        click.echo(json.dumps({"ok": not failed and not bad_cases and not bad_policy, "min_coverage": min_coverage,
+        click.echo(json.dumps({"ok": not failed and not bad_cases and not bad_policy,
+                               "min_coverage": min_coverage, "min_mutation_score": min_mutation_score,
                                "policies": [r.to_dict() for r in reports],
-                               "diagnostics": [d.to_dict() for d in bad_policy + bad_cases]}, indent=2))
+                               "diagnostics": [d.to_dict() for d in bad_policy + bad_cases]}, indent=2, default=str))
     else:
         for r in reports:
             click.echo(render_report_text(r, verbose))
-            if r.rule_coverage < min_coverage:
-                click.echo(f"FAIL rule coverage {r.rule_coverage:.1f}% is below --min-coverage {min_coverage:g}%")
+            for line in gate_lines.get(id(r), []):
+                click.echo(line)
         diags = bad_policy + bad_cases
         if diags:
             click.echo(render_json(diags) if error_format == "json" else render_text(diags), err=True)

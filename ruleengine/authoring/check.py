@@ -450,6 +450,21 @@ def _fit_gaps(c: _Ctx) -> None:
               "cover them", "warning", f"rules.{rid}")
 
 
+def _properties(c: _Ctx, examples: int) -> None:
+    from .properties import run_properties
+
+    for v in run_properties(c.policy, examples):
+        if v.use_case:
+            loc, path = c.loc("use_cases", v.use_case, key=True), f"use_cases.{v.use_case}"
+        else:
+            loc, path = (c.rule_loc(v.rule), f"rules.{v.rule}") if v.rule else (c.loc("rules", key=True), "rules")
+        example = f"; counterexample: {facts_text(v.facts)}" if v.facts else ""
+        c.add("property-violated", f"{v.property}: {v.message}{example}", loc,
+              "fix the rule, or, for more-data-keeps-capacity, say that the rule means it (`waives: "
+              "[more-data-keeps-capacity]`)" if v.property == "more-data-keeps-capacity" else
+              "fix the rules that decide there", "error", path)
+
+
 def _use_case_table(c: _Ctx) -> None:
     policy, space = c.policy, c.space
     rows = policy.use_cases
@@ -575,12 +590,15 @@ def compile_for_check(path: str) -> tuple[Any, Any]:
     return ctx.policy, ctx
 
 
-def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64, memory: bool = True) -> CheckReport:
+def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64, memory: bool = True,
+                 properties: int = 0) -> CheckReport:
     """Run every check on the policy at ``path`` and return the report (diagnostics sorted by location).
 
     ``lock_path`` overrides the versions.lock search; ``memory=False`` skips the checks that need the
-    memory model (fit dominance, never-fits, gap confirmation). Raises PolicyError for an invalid
-    policy and DiagnosticError for a malformed lock file.
+    memory model (fit dominance, never-fits, gap confirmation); ``properties`` > 0 also searches the
+    policy properties (``properties.py``) with that many generated fact sets each. Raises PolicyError
+    for an invalid policy, DiagnosticError for a malformed lock file and ImportError when
+    ``properties`` is asked for without hypothesis installed.
     """
     from .versions import find_lock
 
@@ -601,6 +619,8 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
              ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("fit-gaps", _fit_gaps),
              ("use-case-table", _use_case_table),
              ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path, policy.gpu_names())))]
+    if properties:
+        steps.append(("properties", lambda ctx: _properties(ctx, properties)))
     for name, step in steps:
         t = time.perf_counter()
         step(c)
@@ -628,6 +648,9 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
                      "examples confirmed by evaluating the policy" if probe else skipped),
         "versions": versions_how,
     }
+    if properties:
+        provenance["properties"] = (f"searched: {properties} generated fact sets per property (hypothesis, shrunk "
+                                    "counterexamples); rows-reachable over the grid")
     if analysis.space.opaque_rules:
         provenance["fact-vs-fact"] = ("rules " + ", ".join(sorted(analysis.space.opaque_rules)) +
                                       " compare two facts: their regions are over/under-approximated")

@@ -195,9 +195,10 @@ def version_bump(old: str, new: str) -> str:
 
 
 def _verdict_data(policy: Any) -> dict:
-    """Return what can change a verdict: the semantic data without texts, advice and advise rules."""
+    """Return what can change a verdict: the semantic data without texts, advice, advise rules and the properties
+    rules waive (which change what `check --properties` accepts, not what is decided)."""
     data = policy.semantic_data()
-    data["rules"] = [{k: v for k, v in r.items() if k not in ("rationale", "source", "warn", "note")}
+    data["rules"] = [{k: v for k, v in r.items() if k not in ("rationale", "source", "warn", "note", "waives")}
                      for r in data["rules"] if r.get("kind") != "advise"]
     data["use_cases"] = {k: {f: v for f, v in row.items() if f not in ("label", "notes", "source")}
                          for k, row in (data.get("use_cases") or {}).items()}

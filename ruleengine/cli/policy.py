@@ -191,9 +191,13 @@ def test_command(paths: tuple[str, ...], min_coverage: float | None, mutants: bo
                    "locked with another hash)")
 @click.option("--max-gpus", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="largest GPU count the never-fits search tries")
+@click.option("--properties", is_flag=True, help="also search the policy properties (more memory stays feasible, "
+              "verdicts fit, more data keeps capacity, every use-case row reachable) for counterexamples")
+@click.option("--examples", "property_examples", type=click.IntRange(1, 100000), default=100, show_default=True,
+              help="generated fact sets per property with --properties")
 @error_format_option
 def check_command(paths: tuple[str, ...], deny_warnings: bool, fmt: str, lock_path: str | None, update_lock: bool,
-                  max_gpus: int, error_format: str) -> ExitCode:
+                  max_gpus: int, properties: bool, property_examples: int, error_format: str) -> ExitCode:
     """Static analysis of policies (default: every policy under policies/), with file:line and help.
 
     Finds rules that can never hold or are shadowed by earlier rules (taking the implicit fit
@@ -218,7 +222,12 @@ def check_command(paths: tuple[str, ...], deny_warnings: bool, fmt: str, lock_pa
             if changed and fmt == "text":
                 click.echo(f"{lock_file}: recorded {policy.name} {policy.version} = {policy.semantic_sha256[:12]} "
                            "(and its release snapshot)")
-        reports.append(check_policy(target, lock_path=lock_path, max_gpus=max_gpus))
+        try:
+            reports.append(check_policy(target, lock_path=lock_path, max_gpus=max_gpus,
+                                        properties=property_examples if properties else 0))
+        except ImportError as exc:
+            raise DiagnosticError([Diagnostic("check-needs-hypothesis", f"--properties needs hypothesis: {exc}",
+                                              help="pip install 'finetune-policy[dev]'")]) from None
     failed = any(r.failed(deny_warnings) for r in reports) or any(d.severity == "error" for d in extra)
     if fmt == "json":
         click.echo(json.dumps({"ok": not failed, "deny_warnings": deny_warnings,

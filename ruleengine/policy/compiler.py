@@ -436,11 +436,14 @@ def stage_compile(ctx: CompileContext) -> None:
     data = ctx.data
     rules: list[Rule] = []
     for i, raw in enumerate(data.get("rules") or []):
+        if raw is None:
+            continue
         rules.append(Rule(
             id=raw["id"], kind=raw.get("kind", "select"), priority=raw["priority"],
             when=ctx.conditions[raw["id"]], then=dict(raw.get("then") or {}),
             warn=tuple(raw.get("warn") or ()), note=tuple(raw.get("note") or ()),
             rationale=raw["rationale"], source=raw.get("source", ""), location=ctx.loc(("rules", i)),
+            waives=tuple(raw.get("waives") or ()),
         ))
     rules.sort(key=lambda r: (r.kind != "select", r.priority, r.id))
     ordered: list[Rule] = []

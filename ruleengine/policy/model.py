@@ -11,6 +11,9 @@ from typing import Any
 from ..conditions import Condition, to_data
 from ..diagnostics import Location
 
+#: policy properties a rule may waive (``waives:``): where the rule is chosen, the property need not hold
+WAIVABLE_PROPERTIES = ("more-data-keeps-capacity",)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -27,6 +30,7 @@ class Rule:
     source: str
     location: Location
     order: int = 0  # position in (priority, id) order among rules of the same kind, 1-based
+    waives: tuple[str, ...] = ()  # WAIVABLE_PROPERTIES this rule is allowed to break (decide check --properties)
 
     def to_data(self) -> dict:
         """Return the rule as plain data (canonical form used for hashing and dumping)."""
@@ -41,6 +45,8 @@ class Rule:
         data["rationale"] = self.rationale
         if self.source:
             data["source"] = self.source
+        if self.waives:
+            data["waives"] = list(self.waives)
         return data
 
 

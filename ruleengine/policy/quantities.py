@@ -37,7 +37,9 @@ def resolve_thresholds(ctx: Any) -> None:
         unit = raw.get("unit") if isinstance(raw, dict) else None
         value = raw["value"] if isinstance(raw, dict) else raw
         if unit is not None and unit not in UNITS:
-            ctx.error("threshold-unknown-unit", f"unknown unit `{unit}`", path + ("unit",), did_you_mean(unit, UNITS))
+            ctx.error("threshold-unknown-unit", f"unit `{unit}` is not in the vocabulary; the threshold is checked as "
+                      "if it had none", path + ("unit",), did_you_mean(unit, UNITS) + " (units: " + ", ".join(UNITS) + ")",
+                      severity="warning")
             unit = None
         ctx.threshold_units[name] = unit
         try:

@@ -18,6 +18,7 @@ from ruleengine.authoring.diff import (
     version_diagnostics,
 )
 from ruleengine.authoring.grid import GridEvaluator, build_grid
+from ruleengine.authoring.versions import next_version
 from ruleengine.cli import main
 from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import normalize_facts
@@ -39,6 +40,7 @@ MINI_RULES = """\
 """
 
 DEFAULT = REPO / "policies" / "default"
+CURRENT = load_policy(str(DEFAULT)).version
 
 
 def run(*args: str):
@@ -47,7 +49,7 @@ def run(*args: str):
 
 def _edit(target: Path, version: str, replacements: dict[str, tuple[str, str]]) -> str:
     shutil.copytree(DEFAULT, target, ignore=shutil.ignore_patterns("tests"))
-    for fname, (old, new) in {**replacements, "policy.yaml": ("version: 1.1.0", f"version: {version}")}.items():
+    for fname, (old, new) in {**replacements, "policy.yaml": (f"version: {CURRENT}", f"version: {version}")}.items():
         text = (target / fname).read_text(encoding="utf-8")
         assert old in text, (fname, old)
         (target / fname).write_text(text.replace(old, new, 1), encoding="utf-8")
@@ -69,8 +71,8 @@ LOWER_LARGE = {"thresholds.yaml": ("value: 1000000", "value: 500000")}
 
 @pytest.fixture(scope="module")
 def lowered(tmp_path_factory):
-    """The default policy with large_data_examples lowered to 500k, the version left at 1.1.0, and its diff."""
-    path = _edit(tmp_path_factory.mktemp("lowered") / "p", "1.1.0", LOWER_LARGE)
+    """The default policy with large_data_examples lowered to 500k, the version left as it is, and its diff."""
+    path = _edit(tmp_path_factory.mktemp("lowered") / "p", CURRENT, LOWER_LARGE)
     report = diff_policies(str(DEFAULT), path)
     return path, report, render_diff_text(report), json.loads(json.dumps(report.to_dict(), default=str))
 
@@ -99,10 +101,11 @@ def test_a_verdict_change_without_a_version_bump_fails(lowered, tmp_path):
     _, report, text, data = lowered
     assert [d["code"] for d in data["diagnostics"]] == ["version-not-bumped"]
     assert report.diagnostics[0].severity == "error"
-    assert "error[version-not-bumped]" in text and "change verdict" in text and "version: 1.1.0 -> 1.1.0: FAIL" in text
+    assert "error[version-not-bumped]" in text and "change verdict" in text
+    assert f"version: {CURRENT} -> {CURRENT}: FAIL" in text
     old = load_policy(str(DEFAULT))
-    patch = load_policy(_edit(tmp_path / "patch", "1.1.1", LOWER_LARGE))
-    minor = load_policy(_edit(tmp_path / "minor", "1.2.0", LOWER_LARGE))
+    patch = load_policy(_edit(tmp_path / "patch", next_version(CURRENT, "patch"), LOWER_LARGE))
+    minor = load_policy(_edit(tmp_path / "minor", next_version(CURRENT, "minor"), LOWER_LARGE))
     older = _edit(tmp_path / "older", "0.9.0", {})
     assert [d.code for d in version_diagnostics(old, patch, report.impact)] == ["version-bump-too-small"]
     assert version_diagnostics(old, minor, report.impact) == []
@@ -111,7 +114,7 @@ def test_a_verdict_change_without_a_version_bump_fails(lowered, tmp_path):
 
 
 def test_rule_and_table_changes_are_listed(edited):
-    new = edited("1.2.0", {
+    new = edited(next_version(CURRENT, "minor"), {
         "rules.yaml": ("  - id: research-best-full-ft\n    priority: 32", "  - id: research-best-full-ft\n    priority: 33"),
         "use_cases.yaml": ("    rank: 32\n", "    rank: 64\n"),
     })

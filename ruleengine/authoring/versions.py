@@ -313,7 +313,9 @@ def write_release(policy: Any, lock_path: str | os.PathLike) -> Path:
     """Write the policy as one self-contained YAML file beside the lock (the released version's snapshot)."""
     path = release_path(lock_path, policy.name, policy.version)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# Snapshot of {policy.name} {policy.version} as released (semantic hash {policy.semantic_sha256}),\n"
+    schema = os.path.relpath(Path(__file__).resolve().parents[2] / "schemas" / "policy-file.schema.json", path.parent)
+    header = (f"# yaml-language-server: $schema={Path(schema).as_posix()}\n"
+              f"# Snapshot of {policy.name} {policy.version} as released (semantic hash {policy.semantic_sha256}),\n"
               "# written by `decide check --update-lock`; `decide check` diffs the next version against it.\n")
     path.write_text(header + yaml.safe_dump(policy.dump_data(), sort_keys=False, allow_unicode=True, width=100),
                     encoding="utf-8")

@@ -14,8 +14,31 @@ from typing import Any
 import click
 
 from ..diagnostics import Diagnostic, DiagnosticError, render_json, render_text
-from ..exitcodes import ExitCode
+from ..exitcodes import ExitCode, command_help
 from .common import EXIT_CODES_HELP, build_facts, error_format_option, fact_flags, fact_options
+
+_INTERNAL = {ExitCode.INTERNAL: "internal error (a bug)"}
+VALIDATE_EXITS = command_help({ExitCode.OK: "every policy is valid (warnings may be listed)",
+                               ExitCode.BAD_INPUT: "no policy found under PATHS",
+                               ExitCode.BAD_POLICY: "a policy has errors (listed with file:line:col)", **_INTERNAL})
+TEST_EXITS = command_help({ExitCode.OK: "every case passed and every gate is met",
+                           ExitCode.BAD_INPUT: "a case file or its gates are malformed, or a case does not fit the policy",
+                           ExitCode.BAD_POLICY: "the policy is invalid", **_INTERNAL,
+                           ExitCode.CHECKS_FAILED: "a case failed, or coverage / mutation score below the minimum"})
+CHECK_EXITS = command_help({ExitCode.OK: "no errors (and no warnings with --deny-warnings)",
+                            ExitCode.BAD_INPUT: "a malformed versions.lock, or --properties without hypothesis",
+                            ExitCode.BAD_POLICY: "the policy is invalid", **_INTERNAL,
+                            ExitCode.CHECKS_FAILED: "errors (or warnings with --deny-warnings); --update-lock refused"})
+DIFF_EXITS = command_help({ExitCode.OK: "the new version's bump is large enough for the change",
+                           ExitCode.BAD_POLICY: "either policy is invalid or cannot be read",
+                           ExitCode.INTERNAL: "internal error (the grid disagreed with a full decision: a bug)",
+                           ExitCode.CHECKS_FAILED: "the version was not bumped enough, or went down"})
+FMT_EXITS = command_help({ExitCode.OK: "formatted (or already canonical)",
+                          ExitCode.BAD_INPUT: "no policy found under PATHS",
+                          ExitCode.BAD_POLICY: "a file is not valid YAML (nothing written)", **_INTERNAL,
+                          ExitCode.CHECKS_FAILED: "--check: a file is not in canonical order"})
+MAP_EXITS = command_help({ExitCode.OK: "the picture was written", ExitCode.BAD_INPUT: "bad axes or fixed facts",
+                          ExitCode.BAD_POLICY: "the policy is invalid", **_INTERNAL})
 
 
 def discover_policies(paths: tuple[str, ...]) -> list[str]:
@@ -52,7 +75,7 @@ def _targets(paths: tuple[str, ...]) -> list[str]:
 
 # --- decide validate / schema --------------------------------------------------------------------
 
-@click.command("validate", epilog=EXIT_CODES_HELP)
+@click.command("validate", epilog=VALIDATE_EXITS)
 @click.argument("paths", nargs=-1, type=click.Path())
 @error_format_option
 def validate_command(paths: tuple[str, ...], error_format: str) -> ExitCode:
@@ -103,7 +126,7 @@ def schema_command(name: str) -> ExitCode:
 
 # --- decide test -----------------------------------------------------------------------------------
 
-@click.command("test", epilog=EXIT_CODES_HELP)
+@click.command("test", epilog=TEST_EXITS)
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--min-coverage", type=click.FloatRange(0, 100), default=None, metavar="PCT",
               help="fail (exit 5) when coverage (rules, use-case rows, GPU entries) is below PCT percent "
@@ -180,15 +203,16 @@ def test_command(paths: tuple[str, ...], min_coverage: float | None, mutants: bo
 
 # --- decide check --------------------------------------------------------------------------------
 
-@click.command("check", epilog=EXIT_CODES_HELP)
+@click.command("check", epilog=CHECK_EXITS)
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--deny-warnings", is_flag=True, help="fail (exit 5) on warnings too")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="output format")
 @click.option("--lock", "lock_path", type=click.Path(dir_okay=False), default=None,
               help="versions.lock to use (default: the nearest one at or above the policy)")
 @click.option("--update-lock", is_flag=True,
-              help="record the policy's version and semantic hash in the lock (refused if the version is "
-                   "locked with another hash)")
+              help="record the policy's version and semantic hash in the lock and its release snapshot (refused "
+                   "when the version is locked with another hash, the bump is smaller than the change needs, or "
+                   "CHANGELOG.md has no entry for it)")
 @click.option("--max-gpus", type=click.IntRange(1, 4096), default=64, show_default=True,
               help="largest GPU count the never-fits search tries")
 @click.option("--properties", is_flag=True, help="also search the policy properties (more memory stays feasible, "
@@ -287,7 +311,7 @@ def _draw(policies: list[Any], kwargs: dict, out: str) -> tuple[Any, list[list[b
 
 # --- decide diff ---------------------------------------------------------------------------------
 
-@click.command("diff", epilog=EXIT_CODES_HELP)
+@click.command("diff", epilog=DIFF_EXITS)
 @click.argument("old")
 @click.argument("new")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="output format")
@@ -327,7 +351,7 @@ def diff_command(old: str, new: str, fmt: str, map_out: str | None, error_format
 
 # --- decide map ----------------------------------------------------------------------------------
 
-@click.command("map", epilog=EXIT_CODES_HELP)
+@click.command("map", epilog=MAP_EXITS)
 @_map_options
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default="map.png", show_default=True,
               help="picture to write: .png or .svg")
@@ -358,3 +382,50 @@ def map_command(out: str, **kwargs: Any) -> ExitCode:
                f"({infeasible} infeasible of {n})")
     return ExitCode.OK
 
+
+
+# --- decide fmt -----------------------------------------------------------------------------------
+
+@click.command("fmt", epilog=FMT_EXITS)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--check", "check_only", is_flag=True, help="write nothing; fail (exit 5) when a file is not canonical")
+@click.option("--diff", "show_diff", is_flag=True, help="write nothing; print the changes as a unified diff")
+def fmt_command(paths: tuple[str, ...], check_only: bool, show_diff: bool) -> ExitCode:
+    """Put the keys of policy files in canonical order (default: every policy under policies/).
+
+    Only the order of keys changes (sections, rule fields, comparisons fact/op/value, thresholds,
+    GPU entries, table rows, verdicts, messages); comments, blank lines, quoting and flow or block
+    style stay as written, and a pair moves with the comment lines above it. Lists keep their order.
+    """
+    from ..authoring.fmt import format_policy
+
+    targets = _targets(paths)
+    if not targets:
+        click.echo("no policies found", err=True)
+        return ExitCode.BAD_INPUT
+    errors: list[Diagnostic] = []
+    changed = []
+    for target in targets:
+        for result in format_policy(target):
+            if result.error is not None:
+                errors.append(result.error)
+                continue
+            if not result.changed:
+                continue
+            changed.append(result.path)
+            if show_diff:
+                click.echo(result.diff(), nl=False)
+            elif check_only:
+                click.echo(f"{result.path}: not in canonical order (decide fmt rewrites it)")
+            else:
+                with open(result.path, "w", encoding="utf-8") as fh:
+                    fh.write(result.after)
+                click.echo(f"{result.path}: formatted")
+    if errors:
+        click.echo(render_text(errors), err=True)
+        return ExitCode.BAD_POLICY
+    if check_only and changed:
+        return ExitCode.CHECKS_FAILED
+    if not changed and not show_diff:
+        click.echo(f"{len(targets)} polic{'y' if len(targets) == 1 else 'ies'} already in canonical order")
+    return ExitCode.OK

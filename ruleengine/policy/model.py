@@ -38,6 +38,8 @@ class Rule:
                                 "when": to_data(self.when)}
         if self.then:
             data["then"] = self.then
+        if self.waives:
+            data["waives"] = list(self.waives)
         if self.warn:
             data["warn"] = list(self.warn)
         if self.note:
@@ -45,8 +47,6 @@ class Rule:
         data["rationale"] = self.rationale
         if self.source:
             data["source"] = self.source
-        if self.waives:
-            data["waives"] = list(self.waives)
         return data
 
 
@@ -135,19 +135,24 @@ class Policy:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def dump_data(self) -> dict:
-        """Return the whole policy as one plain document (a single-file policy equivalent to this one)."""
+        """Return the whole policy as one plain document (a single-file policy equivalent to this one), its
+        sections in the canonical order of `decide fmt`."""
         data: dict[str, Any] = {"language": self.language, "name": self.name, "version": self.version}
         if self.owner:
             data["owner"] = self.owner
         if self.description:
             data["description"] = self.description
-        for key in ("settings", "memory", "cost", "gpus", "defaults", "use_cases"):
+        for key in ("settings", "memory", "cost", "gpus"):
             value = getattr(self, key)
             if value:
                 data[key] = value
         if self.thresholds:
             data["thresholds"] = {k: ({"value": v, **self.threshold_meta[k]} if self.threshold_meta.get(k) else v)
                                   for k, v in self.thresholds.items()}
+        for key in ("defaults", "use_cases"):
+            value = getattr(self, key)
+            if value:
+                data[key] = value
         data["rules"] = [r.to_data() for r in self.rules]
         return data
 

@@ -15,7 +15,7 @@ import click
 
 from ..diagnostics import Diagnostic, DiagnosticError, render_json, render_text
 from ..exitcodes import ExitCode, command_help
-from .common import EXIT_CODES_HELP, build_facts, error_format_option, fact_flags, fact_options
+from .common import build_facts, error_format_option, fact_flags, fact_options
 
 _INTERNAL = {ExitCode.INTERNAL: "internal error (a bug)"}
 VALIDATE_EXITS = command_help({ExitCode.OK: "every policy is valid (warnings may be listed)",

@@ -138,6 +138,12 @@ def resolved_key(policy: Any, then: dict, use_case: str | None) -> str:
     return "|".join(keys)
 
 
+def memory_key(spec: dict) -> str:
+    """Return the part of a verdict spec the memory estimate depends on, as text (alpha does not change memory:
+    ``methods.MethodConfig`` has no alpha)."""
+    return spec_key({k: v for k, v in spec.items() if k != "alpha"})
+
+
 def spec_label(spec: dict) -> str:
     """Return a short label of a spec, e.g. ``lora r=16`` or ``full_ft``."""
     method = spec.get("method", "?")
@@ -397,20 +403,24 @@ class MemoryProbe:
 
     def __init__(self, policy: Any):
         from ..architecture import infer_from_params
-        from ..derive import GpuSpec, resolve_candidate
+        from ..derive import GpuSpec, candidate_from, resolve_spec
         from ..facts import normalize_facts
-        from ..memory import MemoryConstants, usable_gib
+        from ..memory import MemoryConstants, profile, usable_gib
 
         self.policy = policy
         self._infer = infer_from_params
         self._gpu = GpuSpec
-        self._resolve = resolve_candidate
+        self._resolve_spec = resolve_spec
+        self._candidate = candidate_from
+        self._profile = profile
         self._normalize = normalize_facts
         self._usable = usable_gib
         self.constants = MemoryConstants.from_policy(policy.memory)
         self._arch: dict[float, Any] = {}
         self._est: dict[tuple, float] = {}
         self._facts: dict[str, dict] = {}
+        self._facts_keys: dict[int, tuple] = {}  # id(normalized facts) -> what of them an estimate depends on
+        self._profiles: dict[tuple, Any] = {}
         self.evaluations = 0
 
     def usable(self, memory_gb: float) -> float:
@@ -427,20 +437,48 @@ class MemoryProbe:
         """Return normalized facts for a given-facts document (cached). Raises FactsError."""
         key = json.dumps(given, sort_keys=True, default=str)
         if key not in self._facts:
-            self._facts[key] = self._normalize(given, self.policy)
+            facts = self._normalize(given, self.policy)
+            self._facts[key] = facts
+            self._facts_keys[id(facts)] = (json.dumps(facts.get("training") or {}, sort_keys=True),
+                                           facts["data"].get("seq_len"), facts["data"].get("num_tasks", 1))
         return self._facts[key]
 
-    def min_estimate(self, spec: dict, facts: dict, count: int, bf16: bool) -> float:
-        """Return the smallest per-GPU estimate (GiB) of ``spec`` for normalized ``facts`` on ``count`` GPUs."""
+    def min_estimate(self, spec: dict, facts: dict, count: int, bf16: bool, key_of_spec: str | None = None) -> float:
+        """Return the smallest per-GPU estimate (GiB) of ``spec`` for normalized ``facts`` on ``count`` GPUs.
+
+        ``key_of_spec`` is ``memory_key(spec)`` when the caller has it already.
+        """
         params = float(facts["model"]["params"])
-        key = (spec_key(spec), params, int(count), bool(bf16), json.dumps(facts.get("training") or {}, sort_keys=True),
-               facts["data"].get("seq_len"), facts["data"].get("num_tasks", 1))
-        if key not in self._est:
+        facts_key = self._facts_keys.get(id(facts))
+        if facts_key is None:
+            facts_key = (json.dumps(facts.get("training") or {}, sort_keys=True), facts["data"].get("seq_len"),
+                         facts["data"].get("num_tasks", 1))
+        key = (key_of_spec or memory_key(spec), params, int(count), bool(bf16), facts_key)
+        found = self._est.get(key)
+        if found is None:
             gpu = self._gpu("probe", 1.0, bool(bf16), None, None, int(count))
-            cand = self._resolve(self.policy, spec, facts, self.arch(params), gpu, self.constants, 0.0)
-            self._est[key] = float(cand.estimate.total_gib)
+            resolved = self._resolve_spec(self.policy, spec, facts, gpu)
+            arch = self.arch(params)
+            training = dict(resolved.training)
+            from ..memory import TrainingSetup
+
+            def profile_of(sharding: str) -> Any:
+                setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
+                                      micro_batch_size=1, seq_len=int(training["seq_len"]),
+                                      gradient_checkpointing=bool(training["gradient_checkpointing"]),
+                                      sharding=sharding, gpu_count=int(count))
+                pkey = (params, resolved.cfg, setup)
+                made = self._profiles.get(pkey)
+                if made is None:
+                    made = self._profile(arch, resolved.cfg, setup, self.constants)
+                    self._profiles[pkey] = made
+                return made
+
+            cand = self._candidate(resolved, arch, gpu, self.constants, 0.0, profile_of)
+            found = float(cand.estimate.total_gib)
+            self._est[key] = found
             self.evaluations += 1
-        return self._est[key]
+        return found
 
 
 def numeric_samples(space: Space, box: Box, name: str, grid: tuple, lower: float | None = None) -> list[float]:

@@ -60,6 +60,7 @@ from .analysis import (
     numeric_samples,
     resolved_key,
     rule_use_cases,
+    memory_key,
     spec_label,
     verdict_spec,
 )
@@ -119,6 +120,18 @@ class _Ctx:
         self.diags: list[Diagnostic] = []
         self.samples = 0
         self.fit_gap_grid = 0
+        self.dominance: dict[tuple, bool] = {}
+        self.memory_samples: dict[tuple, list] = {}
+        self._resolved: dict[tuple, str] = {}
+
+    def resolved(self, info: RuleInfo, uc: str) -> str:
+        """Return ``analysis.resolved_key`` of a select rule's verdict for ``uc`` (memoised)."""
+        key = (info.id, uc if info.rule.then.get("use_case") else None)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolved_key(self.policy, info.rule.then, uc)
+            self._resolved[key] = found
+        return found
 
     def rule_loc(self, rule_id: str, *sub: Any) -> Location:
         """Return the location of a rule (or a field inside it)."""
@@ -157,26 +170,49 @@ def _reachability(c: _Ctx) -> None:
                   "chooses such a verdict, or remove the rule", "error", f"rules.{info.id}")
 
 
+def _memory_signature(region: list[Box]) -> frozenset:
+    """Return what of a region decides its memory samples (the memory facts and GPUs it allows)."""
+    return frozenset(tuple((n, cons) for n, cons in box if n in MEMORY_FACTS or n == "hardware.gpu") for box in region)
+
+
 def _dominance(c: _Ctx, earlier: RuleInfo, later: RuleInfo, region: list[Box], uc: str) -> bool:
-    """Return True when ``earlier``'s verdict fits whenever ``later``'s does, sampled over ``region``."""
+    """Return True when ``earlier``'s verdict fits whenever ``later``'s does, sampled over ``region``.
+
+    Memoised on the two verdicts and the memory facts the region allows: many rules share verdicts
+    and memory regions, and the answer depends on nothing else.
+    """
     probe = c.probe
     if probe is None:
         return False
     spec_e = verdict_spec(c.policy, earlier.rule.then, uc)
     spec_l = verdict_spec(c.policy, later.rule.then, uc)
-    for box in region:
-        for facts, count, bf16 in _memory_samples(c, box, uc):
-            c.samples += 1
-            if probe.min_estimate(spec_e, facts, count, bf16) > probe.min_estimate(spec_l, facts, count, bf16) + 1e-6:
-                return False
-    return True
+    key_e, key_l = memory_key(spec_e), memory_key(spec_l)
+    key = (key_e, key_l, uc, _memory_signature(region))
+    found = c.dominance.get(key)
+    if found is None:
+        found = True
+        for box in region:
+            for facts, count, bf16 in _memory_samples(c, box, uc):
+                c.samples += 1
+                if (probe.min_estimate(spec_e, facts, count, bf16, key_e)
+                        > probe.min_estimate(spec_l, facts, count, bf16, key_l) + 1e-6):
+                    found = False
+                    break
+            if not found:
+                break
+        c.dominance[key] = found
+    return found
 
 
 def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None = None,
-                    counts_grid: tuple = COUNT_GRID):
-    """Yield (normalized facts, gpu count, bf16) over model sizes x GPU counts x bf16 inside ``box``."""
+                    counts_grid: tuple = COUNT_GRID) -> list[tuple[dict, int, bool]]:
+    """Return (normalized facts, gpu count, bf16) over model sizes x GPU counts x bf16 inside ``box`` (memoised)."""
     space, probe = c.space, c.probe
     assert probe is not None
+    key = (_memory_signature([box]), uc, micro_batch, counts_grid)
+    found = c.memory_samples.get(key)
+    if found is not None:
+        return found
     point = {k: v for k, v in space.point(box).items() if k in MEMORY_FACTS and k not in ("model.params",
                                                                                        "hardware.gpu_count")}
     if micro_batch is not None and "training.micro_batch_size" not in point:
@@ -186,50 +222,71 @@ def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None =
         base["task"]["use_case"] = uc
     counts = [int(x) for x in numeric_samples(space, box, "hardware.gpu_count", counts_grid)]
     bf16s = sorted({bool(c.policy.gpus.get(g, {}).get("bf16", True)) for g in space.values(box, "hardware.gpu")})
+    found = []
     for params in numeric_samples(space, box, "model.params", MODEL_GRID, lower=MIN_MODEL_PARAMS):
         for count in counts:
             facts = probe.normalized(example_facts(c.policy, {**point, "model.params": params,
                                                               "hardware.gpu_count": count}, base))
-            for bf16 in bf16s:
-                yield facts, count, bf16
+            found.extend((facts, count, bf16) for bf16 in bf16s)
+    c.memory_samples[key] = found
+    return found
+
+
+def _names(ids: list[str], most: int = 8) -> str:
+    shown = ", ".join(f"`{i}`" for i in ids[:most])
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def _shadowing(c: _Ctx) -> None:
+    """Report select rules that can never be chosen: first over earlier rules with the same verdict (exact), then,
+    for what remains, over earlier rules whose verdicts fit whenever its own does (sampled). Each pass stops as
+    soon as the rule is covered, and samples only the part of an overlap not covered yet."""
     space = c.space
     select = [i for i in c.analysis.select if not i.never_holds]
     for pos, later in enumerate(select):
-        cover: list[Box] = []
-        exact_cover: list[Box] = []
-        by: dict[str, str] = {}
+        rest = list(later.over)
+        exact: list[str] = []
         for earlier in select[:pos]:
-            inter = space.meet_all(earlier.under, later.over)
+            if not rest:
+                break
+            inter = space.meet_all(earlier.under, rest)
             if not inter:
                 continue
-            same_ucs: set[str] = set()
-            sampled_ucs: set[str] = set()
-            for uc in rule_use_cases(space, earlier, inter):
-                region = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset({uc}))) is not None]
-                if resolved_key(c.policy, earlier.rule.then, uc) == resolved_key(c.policy, later.rule.then, uc):
-                    same_ucs.add(uc)
-                elif _dominance(c, earlier, later, region, uc):
-                    sampled_ucs.add(uc)
-            for ucs, target in ((same_ucs, exact_cover), (same_ucs | sampled_ucs, cover)):
-                part = [r for b in inter if ucs and (r := space.restrict(b, "task.use_case", frozenset(ucs)))]
-                target.extend(part)
-            if same_ucs or sampled_ucs:
-                by[earlier.id] = "exact" if same_ucs and not sampled_ucs else "sampled"
-        if exact_cover and space.covers(exact_cover, later.over):
-            exact = [k for k, how in by.items() if how == "exact"]
-            names = ", ".join(f"`{k}`" for k in exact)
+            same = [uc for uc in rule_use_cases(space, earlier, inter)
+                    if c.resolved(earlier, uc) == c.resolved(later, uc)]
+            part = [r for b in inter if same and (r := space.restrict(b, "task.use_case", frozenset(same)))]
+            if part:
+                rest = space.remainder(rest, part)
+                exact.append(earlier.id)
+        if not rest:
             c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
-                  f"{names} come{'s' if len(exact) == 1 else ''} first with the same verdict (exact)",
+                  f"{_names(exact)} come{'s' if len(exact) == 1 else ''} first with the same verdict (exact)",
                   c.rule_loc(later.id), "remove the rule, give it a lower priority number than the rules that cover "
                   "it, or narrow their conditions", "error", f"rules.{later.id}")
-        elif cover and space.covers(cover, later.over):
-            names = ", ".join(f"`{k}`" for k in by)
+            continue
+        sampled: list[str] = []
+        for earlier in select[:pos]:
+            if not rest:
+                break
+            inter = space.meet_all(earlier.under, rest)
+            if not inter:
+                continue
+            dominated = []
+            for uc in rule_use_cases(space, earlier, inter):
+                if c.resolved(earlier, uc) == c.resolved(later, uc):
+                    continue
+                region = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset({uc}))) is not None]
+                if _dominance(c, earlier, later, region, uc):
+                    dominated.append(uc)
+            part = [r for b in inter if dominated and (r := space.restrict(b, "task.use_case", frozenset(dominated)))]
+            if part:
+                rest = space.remainder(rest, part)
+                sampled.append(earlier.id)
+        if not rest:
+            names = exact + sampled
             c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
-                  f"{names} come{'s' if len(by) == 1 else ''} first whose verdicts fit whenever its own does (fit "
-                  "dominance sampled over model sizes x GPU counts; conditions exact)", c.rule_loc(later.id),
+                  f"{_names(names)} come{'s' if len(names) == 1 else ''} first whose verdicts fit whenever its own "
+                  "does (fit dominance sampled over model sizes x GPU counts; conditions exact)", c.rule_loc(later.id),
                   "remove the rule, give it a lower priority number than the rules that cover it, or narrow "
                   "their conditions", "warning", f"rules.{later.id}")
 
@@ -242,8 +299,7 @@ def _overlaps(c: _Ctx) -> None:
             if a.rule.priority != b.rule.priority:
                 continue
             region = space.meet_all(a.under, b.under)
-            differing = [uc for uc in rule_use_cases(space, a, region)
-                         if resolved_key(c.policy, a.rule.then, uc) != resolved_key(c.policy, b.rule.then, uc)]
+            differing = [uc for uc in rule_use_cases(space, a, region) if c.resolved(a, uc) != c.resolved(b, uc)]
             if not differing:
                 continue
             box = next(r for x in region if (r := space.restrict(x, "task.use_case", frozenset(differing))))
@@ -406,7 +462,7 @@ def _fit_gaps(c: _Ctx) -> None:
     policy = c.policy
     grid = build_grid([policy], counts=FIT_GAP_COUNTS, select_only=True)
     ge = GridEvaluator(policy)
-    results = ge.evaluate(grid, spot_checks=0, advice=False, keep=True)
+    results = ge.evaluate(grid, spot_checks=0, advice=False, keep=True, keep_holds=False)
     order = [r.id for r in policy.select_rules]
     found: dict[str, list] = {}  # first rule whose conditions hold -> [(mem, mask, weight)]
     for mem, res in results.items():
@@ -414,7 +470,9 @@ def _fit_gaps(c: _Ctx) -> None:
         if res.error or not gaps or not res.derived.flat.get("fits.any"):
             continue
         for rid in order:
-            part = gaps & res.holds.get(rid, 0)
+            if not gaps:
+                break
+            part = gaps & ge.holds_at(mem, rid)
             if part:
                 found.setdefault(rid, []).append((mem, part, point_weight(grid, mem)))
                 gaps &= ~part

@@ -566,6 +566,9 @@ class _Compiled:
                     self.mixed = True
         self.axes = tuple(sorted(axes))
         self.combos = list(itertools.product(*(range(grid.sizes[a]) for a in self.axes)))
+        # a condition that reads only rule axes (and constants) has the same mask at every memory point
+        self.constant: int | None = None
+        self.static = not self.memory_keys and not self.verdict_keys
 
 
 @dataclass
@@ -601,6 +604,7 @@ class GridEvaluator:
         self._rg: _RuleGrid | None = None
         self._model: FactModel | None = None
         self._mnames: set[str] = set()
+        self._select: dict[str, _Compiled] = {}
 
     def _compile(self, rule: Any, compiled: Any) -> _Compiled:
         assert self._rg is not None and self._model is not None
@@ -627,6 +631,8 @@ class GridEvaluator:
 
     def _holds(self, c: _Compiled, point: _Point, extra: dict) -> int:
         """Return the mask of rule-grid points where ``c``'s condition holds at ``point`` (with verdict facts)."""
+        if c.constant is not None:
+            return c.constant
         rg = self._rg
         assert rg is not None
         mkey = tuple(point.derived.flat.get(k) for k in c.memory_keys)
@@ -642,6 +648,8 @@ class GridEvaluator:
                 if c.check(flat) is None:
                     found |= rg.combo_mask(c.axes, idx)
             self._memo[key] = found
+            if c.static:
+                c.constant = found
         return found
 
     def _advice_mask(self, c: _Compiled, point: _Point, chosen: dict, vfs: dict) -> int:
@@ -659,12 +667,13 @@ class GridEvaluator:
         return matched
 
     def evaluate(self, grid: Grid, spot_checks: int = 20, seed: int = 0, advice: bool = True,
-                 keep: bool = False) -> dict[tuple, MemoryResult]:
+                 keep: bool = False, keep_holds: bool = True) -> dict[tuple, MemoryResult]:
         """Return the result at every memory point. Raises GridMismatch when a spot check disagrees.
 
         ``advice=False`` skips advise rules and messages (selection only); ``keep`` keeps each memory
-        point's derivation (``MemoryResult.derived``), where every select rule's condition holds
-        (``MemoryResult.holds``) and the points' state for ``difference``.
+        point's derivation (``MemoryResult.derived``), the points' state (for ``difference`` and
+        ``holds_at``) and, with ``keep_holds``, where every select rule's condition holds
+        (``MemoryResult.holds``).
         """
         from ..derive import fact_flat
         from ..evaluate import verdict_facts
@@ -714,7 +723,7 @@ class GridEvaluator:
             remaining = rg.all
             for c in select:
                 cand = derived.candidates[c.id]
-                if keep:
+                if keep and keep_holds:
                     res.holds[c.id] = self._holds(c, state, {})
                 if not cand.fits or not remaining:
                     continue
@@ -743,7 +752,13 @@ class GridEvaluator:
                         res.codes[f"note:{n['code']}"] = res.codes.get(f"note:{n['code']}", 0) | matched
             out[mem] = res
         self._spot_check(grid, out, spot_checks if advice else 0, seed)
+        if keep:
+            self._select = {c.id: c for c in select}
         return out
+
+    def holds_at(self, mem: tuple, rule_id: str) -> int:
+        """Return where select rule ``rule_id``'s conditions hold at memory point ``mem`` (after ``evaluate(keep=True)``)."""
+        return self._holds(self._select[rule_id], self.points[mem], {})
 
     def difference(self, results: dict[tuple, MemoryResult], variant: Any,
                    order: list[tuple] | None = None) -> tuple[tuple, int] | None:

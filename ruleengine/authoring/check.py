@@ -57,10 +57,10 @@ from .analysis import (
     base_facts,
     example_facts,
     facts_text,
+    memory_key,
     numeric_samples,
     resolved_key,
     rule_use_cases,
-    memory_key,
     spec_label,
     verdict_spec,
 )

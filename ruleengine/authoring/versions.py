@@ -197,9 +197,15 @@ def version_bump(old: str, new: str) -> str:
 def _verdict_data(policy: Any) -> dict:
     """Return what can change a verdict: the semantic data without texts, advice, advise rules and the properties
     rules waive (which change what `check --properties` accepts, not what is decided)."""
+    from ..conditions import comparisons
+    from ..policy.quantities import ENGINE_THRESHOLD_UNITS
+
     data = policy.semantic_data()
     data["rules"] = [{k: v for k, v in r.items() if k not in ("rationale", "source", "warn", "note", "waives")}
                      for r in data["rules"] if r.get("kind") != "advise"]
+    selecting = {cmp.threshold for r in policy.select_rules for cmp in comparisons(r.when) if cmp.threshold}
+    data["thresholds"] = {k: v for k, v in (data.get("thresholds") or {}).items()
+                          if k in selecting or k in ENGINE_THRESHOLD_UNITS}
     data["use_cases"] = {k: {f: v for f, v in row.items() if f not in ("label", "notes", "source")}
                          for k, row in (data.get("use_cases") or {}).items()}
     data["gpus"] = {k: {f: v for f, v in (entry or {}).items() if f not in ("label", "source")}

@@ -202,3 +202,22 @@ def test_memory_probe_fits_exactly_when_the_engine_says_so():
                     spec = verdict_spec(policy, rule.then, "chat")
                     low = probe.min_estimate(spec, facts, count, policy.gpus[gpu]["bf16"])
                     assert (low <= derived.usable_gb) == derived.candidates[rule.id].fits, (params, gpu, count, rule.id)
+
+
+def test_a_bad_test_case_does_not_crash_check(tmp_path, write_policy):
+    """check reads the cases only for the GPUs they name: a malformed case is `decide test`'s to report."""
+    path = write_policy("""
+        - id: rest
+          priority: 90
+          when: []
+          then: {use_case: true}
+          rationale: fallback
+        """)
+    tests = tmp_path / "p" / "tests"
+    tests.mkdir()
+    (tests / "cases.yaml").write_text("cases:\n  - note: bad\n    facts: {hardware: [1, 2], model: 7}\n"
+                                      "    expect: {method: lora}\n", encoding="utf-8")
+    result = run("check", path)
+    assert result.exit_code == 0, result.output
+    tested = run("test", path)
+    assert tested.exit_code == 2 and "cases.yaml:3:" in tested.stderr

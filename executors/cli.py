@@ -1,12 +1,13 @@
-"""``decide plan``, ``decide train`` and ``decide make-tiny-model`` (registered on the ``decide`` group).
+"""``decide plan``, ``train`` and ``make-tiny-model`` (registered on ``decide``).
 
-Importing this module imports click and the rule engine's CLI helpers only: torch, transformers
-and peft are imported after the decision is made, inside the commands.
+Thin wrappers: the work is in executors.plan / runner. Importing this
+module imports click and the rule engine's CLI helpers only: torch, transformers, peft, datasets
+and trl are imported after the decision is made, inside the commands.
 
 \b
   decide plan --facts job.yaml --model ./base-model --data train.jsonl -o plan.json [--method M]
   decide train --plan plan.json --output runs/doc-style
-  decide train --facts job.yaml --model ./base-model --data train.jsonl --output runs/x [--method M]
+  decide train --facts job.yaml --model meta-llama/Llama-3.2-1B --data org/dataset --output runs/x
   decide train --output runs/doc-style --resume
   decide make-tiny-model ./tiny-model
 """
@@ -31,12 +32,22 @@ __all__ = ["plan_command", "tiny_model_command", "train_command"]
 def plan_options(func: Callable) -> Callable:
     """Add the plan flags (model, data, method override, run settings) to a command."""
     options = [
-        click.option("--model", "model_path", type=click.Path(file_okay=False), default=None,
-                     help="base model directory (config.json, weights, tokenizer)"),
-        click.option("--data", "data_files", type=click.Path(dir_okay=False), multiple=True,
-                     help="JSONL training data; repeat for several tasks (each file is a task)"),
-        click.option("--data-format", type=click.Choice(["auto", "alpaca", "chat", "text"]), default="auto",
-                     help="record format (default: detected per line)"),
+        click.option("--model", "model_path", type=str, default=None,
+                     help="base model: a directory (config.json, weights, tokenizer) or a Hub id (org/name[@rev]) "
+                          "resolved from the local Hugging Face cache"),
+        click.option("--data", "data_files", type=str, multiple=True,
+                     help="training data: JSONL/JSON/CSV/TSV/Parquet/Arrow file, dataset folder, or Hub dataset id "
+                          "from the local cache; repeat for several tasks (each source is a task)"),
+        click.option("--data-format", type=click.Choice(["auto", "alpaca", "chat", "messages", "sharegpt",
+                                                         "prompt_completion", "text"]), default="auto",
+                     help="record format (default: detected per record; messages = chat)"),
+        click.option("--data-split", default=None, help="split of a dataset folder or Hub dataset (default: train)"),
+        click.option("--chat-template", default="auto", show_default=True,
+                     help="how conversations are rendered: auto (the model's template, else a built-in one), model, "
+                          "chat, alpaca, or a .jinja file; saved with the adapter"),
+        click.option("--padding-free/--padded", "padding_free", default=None,
+                     help="flatten each micro-batch into one row (no padding tokens; default on, except prompt/prefix "
+                          "tuning)"),
         click.option("--method", type=click.Choice(list(METHODS)), default=None,
                      help="override the policy's method (recorded as `override` in the plan)"),
         click.option("--eval-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
@@ -45,11 +56,22 @@ def plan_options(func: Callable) -> Callable:
                      help="optimizer steps (default: from the verdict's epochs and the data)"),
         click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="override the verdict's learning rate (recorded in the plan)"),
-        click.option("--packing/--no-packing", default=False, help="pack several examples per sequence"),
+        click.option("--packing/--no-packing", default=False,
+                     help="pack examples into sequences of seq_len (best-fit, never split, no attention across them)"),
+        click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+                     help="AdamW weight decay (default: the verdict's, else 0)"),
+        click.option("--max-grad-norm", type=click.FloatRange(min=0), default=None,
+                     help="gradient clipping norm (default: the verdict's, else 1.0; 0 turns clipping off)"),
+        click.option("--eval-strategy", type=click.Choice(["no", "steps", "epoch"]), default=None,
+                     help="evaluate during training (default: steps, at each checkpoint, when there is held-out data)"),
+        click.option("--eval-steps", type=click.IntRange(min=1), default=None, help="evaluate every N steps"),
+        click.option("--report-to", type=click.Choice(["none", "tensorboard", "wandb", "mlflow"]), multiple=True,
+                     help="experiment tracker(s) for the loss curves (repeatable; default none)"),
         click.option("--merge", is_flag=True, help="also write the adapter merged into the base (merged/)"),
         click.option("--load-in-4bit", is_flag=True, help="load the base in 4-bit NF4 (bitsandbytes) for a PEFT method"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="where the run trains (sets the precision the plan can use)"),
+                     help="where the run will train (not where it is planned): auto = CUDA here if present, CUDA "
+                          "elsewhere for a multi-GPU verdict, else this CPU; cpu = CPU processes (one per planned GPU)"),
         click.option("--seed", type=int, default=0, show_default=True, help="seed for init, split, mixing, order"),
         click.option("--save-steps", type=click.IntRange(min=1), default=None,
                      help="checkpoint every N steps (default: 5 checkpoints per run)"),
@@ -81,18 +103,23 @@ def make_plan(kwargs: dict) -> dict:
     """
     from .data import scan_files
     from .decision_bridge import run_decision
+    from .formats import canonical_format
+    from .hub import resolve_model
     from .plan import PlanOptions, build_plan
 
     if not kwargs.get("model_path"):
         raise PlanError([Diagnostic("plan-no-model", "--model is required", Location("--model"),
-                                    "give the base model directory; for a demo: decide make-tiny-model ./tiny-model")])
-    data_format = None if kwargs.get("data_format") in (None, "auto") else kwargs["data_format"]
+                                    "give the base model directory or Hub id; for a demo: decide make-tiny-model "
+                                    "./tiny-model")])
+    data_format = canonical_format(kwargs.get("data_format"))
     data_files = list(kwargs.get("data_files") or [])
-    scans = scan_files(data_files, data_format) if data_files else None  # bad data fails before anything else
+    # bad data fails before anything else
+    scans = scan_files(data_files, data_format, kwargs.get("data_split")) if data_files else None
+    model_path = resolve_model(kwargs["model_path"]).path
     given = build_facts(kwargs)
     facts_file = kwargs.get("facts_file")
     origin = os.path.dirname(os.path.abspath(facts_file)) if facts_file else os.getcwd()
-    outcome = run_decision(given, policy_path=kwargs.get("policy_path"), model_path=kwargs["model_path"], scans=scans,
+    outcome = run_decision(given, policy_path=kwargs.get("policy_path"), model_path=model_path, scans=scans,
                            method=kwargs.get("method"), origin=origin, no_audit=kwargs.get("no_audit", False),
                            audit_db=kwargs.get("audit_db"))
     options = PlanOptions(eval_fraction=kwargs.get("eval_fraction", 0.1), max_steps=kwargs.get("max_steps"),
@@ -101,7 +128,12 @@ def make_plan(kwargs: dict) -> dict:
                           seed=kwargs.get("seed", 0), save_steps=kwargs.get("save_steps"),
                           save_total_limit=kwargs.get("save_total_limit", 2),
                           logging_steps=kwargs.get("logging_steps", 1), data_format=data_format,
-                          mix_cap=kwargs.get("mix_cap"), learning_rate=kwargs.get("learning_rate"))
+                          mix_cap=kwargs.get("mix_cap"), learning_rate=kwargs.get("learning_rate"),
+                          chat_template=kwargs.get("chat_template"), data_split=kwargs.get("data_split"),
+                          padding_free=kwargs.get("padding_free"),
+                          report_to=tuple(r for r in kwargs.get("report_to") or () if r != "none"),
+                          weight_decay=kwargs.get("weight_decay"), max_grad_norm=kwargs.get("max_grad_norm"),
+                          eval_strategy=kwargs.get("eval_strategy"), eval_steps=kwargs.get("eval_steps"))
     return build_plan(outcome.verdict, model_path=kwargs["model_path"], data_files=data_files, options=options,
                       decision=outcome.summary, override=outcome.override, scans=scans)
 
@@ -138,6 +170,7 @@ def plan_command(output_path: str | None, **kwargs: Any) -> None:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
+    """Return ``value`` formatted with ``spec``, or ``n/a`` for None."""
     return "n/a" if value is None else format(value, spec)
 
 
@@ -155,6 +188,16 @@ def run_summary(result: Any) -> str:
         f"peak memory: {_fmt(peak.get('gib'), '.3f')} GiB ({peak.get('kind')})  decision estimate: "
         f"{_fmt(mem.get('decision_estimate_gib'), '.3f')} GiB",
     ]
+    batches = m.get("batches") or {}
+    if batches.get("tokens"):
+        lines.append(f"batches: {batches['tokens']:,} tokens, padding {batches['padding_fraction']:.1%}"
+                     + (" (padding-free; padded batches would have been "
+                        f"{batches['padding_fraction_if_padded']:.1%})" if batches.get("padding_free") else ""))
+    if man.get("processes", 1) > 1:
+        lines.append(f"processes: {man['processes']} (wall time and steps summed over all of them)")
+    pictures = [man.get("artifacts", {}).get(k) for k in ("loss_curve", "memory")]
+    if any(pictures):
+        lines.append("pictures: " + ", ".join(p for p in pictures if p))
     return "\n".join(lines)
 
 
@@ -165,7 +208,8 @@ def run_summary(result: Any) -> str:
 @click.option("--output", "output_dir", type=click.Path(file_okay=False), required=True,
               help="run directory (trained in <output>.partial, renamed when complete)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its last checkpoint")
-@click.option("--overwrite", is_flag=True, help="discard an existing or interrupted run in --output")
+@click.option("--overwrite", is_flag=True,
+              help="replace a previous run in --output (finished or interrupted); anything else is refused")
 @click.option("--progress/--no-progress", default=True, help="progress bars on the terminal")
 def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrite: bool, progress: bool,
                   **kwargs: Any) -> None:
@@ -203,6 +247,11 @@ def train_command(plan_path: str | None, output_dir: str, resume: bool, overwrit
         def log(msg: str) -> None:
             """Print a progress message on stderr."""
             click.echo(msg, err=True)
+
+        for warning in (plan or {}).get("warnings", []):
+            log(f"warning[{warning['code']}]: {warning['message']}")
+        for note in (plan or {}).get("notes", []):
+            log(f"note: {note}")
 
         result = run_training(plan, output_dir, resume=resume, overwrite=overwrite, log=log, progress=progress)
         if result.launch_command:
@@ -244,3 +293,4 @@ def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(path)
+

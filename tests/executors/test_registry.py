@@ -13,7 +13,8 @@ import executors.tiny
 from executors import UnknownMethodError, available_methods, get_executor, register
 from executors.base import Executor
 
-HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "trl", "pyarrow", "matplotlib",
+         "tensorboard", "wandb", "mlflow", "huggingface_hub")
 
 
 def test_every_method_of_the_vocabulary_has_an_executor():
@@ -54,7 +55,9 @@ def test_adapter_method_refuses_with_the_reason():
 
 @pytest.mark.parametrize("module", ["executors", "executors.cli", "executors.plan", "executors.data",
                                    "executors.decision_bridge", "executors.runner", "executors.manifest",
-                                   "executors.accelerate_config"])
+                                   "executors.accelerate_config", "executors.formats", "executors.datasets_io",
+                                   "executors.hub", "executors.chat_template", "executors.tokenized",
+                                   "executors.rundir", "executors.tracking", "executors.merge"])
 def test_importing_does_not_import_the_training_stack(module):
     code = textwrap.dedent(f"""
         import sys

@@ -1,6 +1,6 @@
-"""``decide plan``, ``train`` and ``make-tiny-model`` (registered on ``decide``).
+"""``decide plan``, ``train``, ``eval``, ``merge``, ``combine`` and ``make-tiny-model`` (registered on ``decide``).
 
-Thin wrappers: the work is in executors.plan / runner. Importing this
+Thin wrappers: the work is in executors.plan / runner / evaluate / merge / combine. Importing this
 module imports click and the rule engine's CLI helpers only: torch, transformers, peft, datasets
 and trl are imported after the decision is made, inside the commands.
 
@@ -9,6 +9,9 @@ and trl are imported after the decision is made, inside the commands.
   decide train --plan plan.json --output runs/doc-style
   decide train --facts job.yaml --model meta-llama/Llama-3.2-1B --data org/dataset --output runs/x
   decide train --output runs/doc-style --resume
+  decide eval runs/doc-style
+  decide merge runs/doc-style
+  decide combine runs/a runs/b --method ties --output combined
   decide make-tiny-model ./tiny-model
 """
 
@@ -26,7 +29,7 @@ from ruleengine.vocabulary import METHODS
 
 from .errors import Diagnostic, Location, PlanError
 
-__all__ = ["plan_command", "tiny_model_command", "train_command"]
+__all__ = ["combine_command", "eval_command", "merge_command", "plan_command", "tiny_model_command", "train_command"]
 
 
 def plan_options(func: Callable) -> Callable:
@@ -294,3 +297,133 @@ def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int
         raise click.BadParameter(str(exc)) from None
     click.echo(path)
 
+
+@click.command("merge", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), default=None,
+              help="where to write the merged model (default: RUN/merged)")
+@click.option("--base", type=click.Choice(["dequantized", "original"]), default="dequantized", show_default=True,
+              help="for an adapter trained on a 4-bit base: merge into the dequantized 4-bit weights it was trained "
+                   "on (reproduces the trained model), or into the original full-precision weights")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="dtype of the saved model (auto: the run's base / compute dtype)")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=None,
+              help="largest acceptable max |logit difference| against the trained model (default by dtype)")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True,
+              help="held-out examples the equivalence check runs on")
+@click.option("--overwrite", is_flag=True, help="replace a previous merge in --output")
+@click.option("--error-format", type=click.Choice(["text", "json"]), default="text", help="format of error messages")
+def merge_command(run_dir: str, output_dir: str | None, base: str, dtype: str, tolerance: float | None, samples: int,
+                  overwrite: bool, error_format: str) -> None:
+    """Merge a run's adapter (LoRA, DoRA, IA3, AdaLoRA) into its base model, check that the merged model
+    reproduces the trained one (max logit difference on held-out inputs), and save it in
+    save_pretrained layout. Exit 5 (nothing kept) when the check fails.
+
+    \b
+    Examples:
+      decide merge runs/qlora                     # into the dequantized 4-bit base it was trained on
+      decide merge runs/qlora --base original -o merged-original
+    """
+
+    def body() -> int:
+        """Merge, print the check and where the model went; returns the exit code."""
+        from .merge import merge_run_dir
+
+        report = merge_run_dir(run_dir, output_dir, base=base, dtype=dtype, tolerance=tolerance, samples=samples,
+                               overwrite=overwrite, log=lambda m: click.echo(m, err=True))
+        click.echo(f"merged model written to {report['output']} (max |logit difference| "
+                   f"{report['check']['max_abs_logit_diff']:.3g})")
+        return 0
+
+    run_guarded(error_format, body)
+
+
+@click.command("eval", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--data", "data_files", multiple=True,
+              help="held-out data to measure task perplexity on (default: the run's own held-out split)")
+@click.option("--general", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="general text for the forgetting check (JSONL with `text`, or plain paragraphs; default: a bundled "
+                   "English sample)")
+@click.option("--policy", "policy_path", type=click.Path(exists=True), default=None,
+              help="policy whose forgetting_ppl_increase threshold flags forgetting (default: the bundled policy)")
+@click.option("--max-examples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="examples per perplexity measurement")
+@click.option("--generate", type=click.IntRange(min=0), default=8, show_default=True,
+              help="held-out conversations the model answers for the format check (0: none)")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", help="output format")
+@click.option("--error-format", type=click.Choice(["text", "json"]), default="text", help="format of error messages")
+def eval_command(run_dir: str, data_files: tuple[str, ...], general: str | None, policy_path: str | None,
+                 max_examples: int, generate: int, max_new_tokens: int, fmt: str, error_format: str) -> None:
+    """Evaluate a finished run: task perplexity before/after, a forgetting check on general text
+    (flagged above the policy's forgetting threshold: a result, exit 0), and format adherence of
+    generated answers (stop token, no run-on, valid JSON / tool calls where expected). Writes
+    RUN/eval.json and the run manifest's `evaluation`.
+
+    \b
+    Examples:
+      decide eval runs/demo
+      decide eval runs/demo --data held-out.jsonl --general wiki-sample.jsonl
+    """
+
+    def body() -> int:
+        """Evaluate and print the summary (or the JSON report); returns the exit code."""
+        from .evaluate import evaluate_run, summarize_eval
+
+        report = evaluate_run(run_dir, data_files=list(data_files) or None, general=general, policy_path=policy_path,
+                              max_examples=max_examples, generate=generate, max_new_tokens=max_new_tokens,
+                              log=lambda m: click.echo(m, err=True))
+        click.echo(json.dumps(report, indent=2) if fmt == "json" else summarize_eval(report))
+        return 0
+
+    run_guarded(error_format, body)
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of numbers, e.g. 0.7,0.3") from None
+
+
+@click.command("combine", epilog=EXIT_CODES_HELP)
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="folder of the combined adapter")
+@click.option("--method", type=click.Choice(["weighted", "ties", "dare", "dare_ties"]), default="weighted",
+              show_default=True, help="weighted sum (exact), TIES, DARE, or DARE with TIES' sign election")
+@click.option("--weights", callback=_floats, default=None,
+              help="one weight per run, comma-separated (default: 1/n for weighted, 1 for the others)")
+@click.option("--density", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="fraction of each update kept by TIES/DARE (default 0.5)")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="rank of the combined adapter for ties/dare (default: the sum of the input ranks)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of DARE's random drops")
+@click.option("--overwrite", is_flag=True, help="replace a previous combination in --output")
+@click.option("--error-format", type=click.Choice(["text", "json"]), default="text", help="format of error messages")
+def combine_command(runs: tuple[str, ...], output_dir: str, method: str, weights: list[float] | None,
+                    density: float | None, rank: int | None, seed: int, overwrite: bool, error_format: str) -> None:
+    """Combine the LoRA adapters of several runs on the same base into one adapter (peft
+    add_weighted_adapter): weighted sum, TIES or DARE. Incompatible runs are refused (exit 2).
+
+    \b
+    Examples:
+      decide combine runs/sounds runs/numbers -o combined --weights 0.6,0.4
+      decide combine runs/a runs/b runs/c -o merged-ties --method ties --density 0.3
+    """
+
+    def body() -> int:
+        """Combine and print how far the result is from each input; returns the exit code."""
+        from .combine import combine_runs
+
+        report = combine_runs(list(runs), output_dir, method=method, weights=weights, density=density, rank=rank,
+                              seed=seed, overwrite=overwrite, log=lambda m: click.echo(m, err=True))
+        click.echo(f"combined adapter ({method}, rank {report['rank']}) written to {report['output']}")
+        for item in report["distance_from_inputs"]:
+            click.echo(f"  relative distance from {item['run']}: {item['relative_distance']:.3f}")
+        return 0
+
+    run_guarded(error_format, body)

@@ -57,7 +57,8 @@ def test_adapter_method_refuses_with_the_reason():
                                    "executors.decision_bridge", "executors.runner", "executors.manifest",
                                    "executors.accelerate_config", "executors.formats", "executors.datasets_io",
                                    "executors.hub", "executors.chat_template", "executors.tokenized",
-                                   "executors.rundir", "executors.tracking", "executors.merge"])
+                                   "executors.rundir", "executors.tracking", "executors.merge", "executors.evaluate",
+                                   "executors.combine"])
 def test_importing_does_not_import_the_training_stack(module):
     code = textwrap.dedent(f"""
         import sys

@@ -7,10 +7,11 @@
   English sample, ``executors/eval_data/general.jsonl``) before and after; a relative increase above
   the policy's ``forgetting_ppl_increase`` threshold (10 % in the default policy) is flagged. A flag
   is a result, not an error: the command still exits 0 and says so.
-* **Format adherence** (conversation data): the trained model answers held-out prompts (greedy);
-  the report counts answers that stop with the end-of-turn token, that do not run on into the
-  template's next turn, that are valid JSON where the reference answer is JSON, and that contain a
-  parseable tool call where the reference makes one.
+* **Format adherence** (conversation data): the trained model answers held-out prompts (greedy;
+  the turn is the conversation's first tool call if it makes one, else its last reply); the report
+  counts answers that stop with the end-of-turn token, that do not run on into the template's next
+  turn, that are valid JSON where the reference answer is JSON, and that contain a parseable tool
+  call where the reference makes one.
 
 Results go to ``RUN/eval.json`` and into the run manifest's ``evaluation``. The base model is the
 trained one with its adapter disabled (the same 4-bit weights for a quantized run); a fully
@@ -206,8 +207,11 @@ def format_adherence(model: Any, tokenizer: Any, plan: dict, n: int, max_new_tok
     counts = {"stopped": 0, "no_runon": 0, "json_expected": 0, "json_valid": 0, "tool_expected": 0, "tool_valid": 0}
     examples: list[dict[str, Any]] = []
     for sample in chats:
-        last = max(i for i, flag in enumerate(sample.trained) if flag)
-        history, reference = sample.messages[:last], sample.messages[last]
+        trained_turns = [i for i, flag in enumerate(sample.trained) if flag]
+        # a tool call where the conversation makes one (the format most likely to break), else the last reply
+        calls = [i for i in trained_turns if sample.messages[i].get("tool_calls")]
+        turn = calls[0] if calls else trained_turns[-1]
+        history, reference = sample.messages[:turn], sample.messages[turn]
         prompt, _ = renderer._render(history, sample.tools, generation_prompt=True)
         without, _ = renderer._render(history, sample.tools)
         header = prompt[len(without):].strip() if prompt.startswith(without) else ""

@@ -68,6 +68,7 @@ def _versions() -> dict[str, str | None]:
 def cache_key(scan: FileScan, tokenizer_sha: str, template: TemplateSpec, seq_len: int) -> str:
     """Return the cache key of one source's tokenization (sha256 of everything the tokens depend on)."""
     parts = {"version": TOKENIZE_VERSION, "source": scan.sha256, "format": scan.format, "tokenizer": tokenizer_sha,
+             "read_as": scan.source.summary() if scan.source is not None else None,  # kind and split of a folder
              "template": template.sha256, "seq_len": seq_len, "libraries": _versions()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -95,7 +96,12 @@ def tokenize_examples(examples: list[Example], tokenizer: Any, template: Templat
         spans.append(regions)
     if diags:
         raise DataError(diags)
-    rows = tokenize_rendered(tokenizer, texts, spans, seq_len)
+    try:
+        rows = tokenize_rendered(tokenizer, texts, spans, seq_len)
+    except NotImplementedError:  # slow (Python) tokenizers have no offset mapping
+        raise DataError([Diagnostic("data-slow-tokenizer", f"the tokenizer ({type(tokenizer).__name__}) cannot map "
+                                    "tokens to characters, which the loss mask needs", Location("--model"),
+                                    "save the model with a fast tokenizer (tokenizer.json)")]) from None
     return {"input_ids": [r[0] if r else [] for r in rows], "labels": [r[1] if r else [] for r in rows],
             "keep": [r is not None for r in rows]}
 
@@ -225,7 +231,8 @@ def build_run_data(data_plan: dict, tokenizer: Any, model_path: str, use_cache: 
     if len(train) == 0:
         raise DataError([Diagnostic("data-nothing-to-train", "no training example keeps a trained token after "
                                     f"truncation to seq_len {seq_len}", Location("--data"),
-                                    "raise the sequence length (--seq-len) or shorten the prompts")])
+                                    "raise the sequence length (--seq-len or --train-seq-len) or shorten the "
+                                    "prompts")])
     evals, dropped_eval = _select(tables, offsets, split.eval) if split.eval else (None, 0)
     train_tokens, trained_tokens = _token_counts(train)
     stats: dict[str, Any] = {

@@ -156,3 +156,21 @@ def test_plan_and_train_from_hub_ids_offline(tiny_model, hf_home, verdict, tmp_p
     assert plan["model"]["path"] == str(model_snapshot) and plan["data"]["files"][0]["path"] == "acme/spelling"
     result = run_training(plan, str(tmp_path / "run"), progress=False, log=lambda m: None)
     assert result.manifest["model"]["hub_id"] == "acme/tiny-llama" and result.metrics["global_step"] == 2
+
+
+def test_two_splits_of_one_folder_are_tokenized_separately(tiny_model, hf_home, tmp_path):
+    """A folder's content hash covers every split; the cache key also names the split read."""
+    import datasets
+
+    from executors.chat_template import choose_template
+    from executors.modeling import load_tokenizer
+    from executors.tokenized import tokenized_source, tokenizer_fingerprint
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
+                          "test": datasets.Dataset.from_list(ROWS[:3])}).save_to_disk(str(tmp_path / "saved"))
+    tok = load_tokenizer(tiny_model)
+    template = choose_template("alpaca", None, ["alpaca"])
+    sha = tokenizer_fingerprint(tiny_model)
+    train = tokenized_source(scan_file(str(tmp_path / "saved")), tok, template, 64, sha)
+    test = tokenized_source(scan_file(str(tmp_path / "saved"), split="test"), tok, template, 64, sha)
+    assert (len(train.table), len(test.table)) == (12, 3) and train.key != test.key and not test.cached

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import methods
-from .architecture import Architecture, ArchitectureError, from_hf_config, infer_from_params
+from .architecture import Architecture, ArchitectureError, infer_from_params
 from .diagnostics import Diagnostic, Location
 from .facts import FactsError
 from .memory import Estimate, MemoryConstants, MemoryProfile, TrainingSetup, profile, usable_gib
@@ -153,31 +153,47 @@ class DeriveCache:
     go first beyond the limits.
     """
 
-    def __init__(self, policy: Any, max_points: int = 4096, max_profiles: int = 16384) -> None:
+    def __init__(self, policy: Any, max_points: int = 4096, max_profiles: int = 65536, max_scratch: int = 2048) -> None:
         self.constants = MemoryConstants.from_policy(policy.memory)
-        self.max_points, self.max_profiles = max_points, max_profiles
+        self.max_points, self.max_profiles, self.max_scratch = max_points, max_profiles, max_scratch
         self.points: OrderedDict[tuple, MemoryPoint] = OrderedDict()
+        self.scratch: OrderedDict[tuple, MemoryPoint] = OrderedDict()  # points what-if searches visit
         self.profiles: OrderedDict[tuple, MemoryProfile] = OrderedDict()
         self.specs: dict[tuple, VerdictSpec] = {}
         self.row_keys: dict[str, tuple] = {}
         self.then_keys = {r.id: _then_key(r.then) for r in policy.select_rules}
         self.hits = self.misses = 0
 
-    def point(self, key: tuple) -> MemoryPoint | None:
-        """Return the cached memory point, or None."""
-        found = self.points.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.points.move_to_end(key)
-        return found
+    def point(self, key: tuple, scratch: bool = False) -> MemoryPoint | None:
+        """Return the cached memory point, or None; ``scratch`` also looks among the what-if points.
 
-    def store(self, key: tuple, value: MemoryPoint) -> None:
-        """Remember a memory point, evicting the least recently used beyond ``max_points``."""
-        self.points[key] = value
-        if len(self.points) > self.max_points:
-            self.points.popitem(last=False)
+        What-if searches visit many points no decision comes back to: they are kept apart, so they
+        never push out the points of real decisions.
+        """
+        found = self.points.get(key)
+        if found is not None:
+            self.hits += 1
+            self.points.move_to_end(key)
+            return found
+        if scratch:
+            found = self.scratch.get(key)
+            if found is not None:
+                self.scratch.move_to_end(key)
+                return found
+        else:
+            found = self.scratch.pop(key, None)  # a decision now needs it: promote it
+            if found is not None:
+                self.store(key, found)
+                return found
+        self.misses += 1
+        return None
+
+    def store(self, key: tuple, value: MemoryPoint, scratch: bool = False) -> None:
+        """Remember a memory point, evicting the least recently used beyond the limit of its kind."""
+        table, limit = (self.scratch, self.max_scratch) if scratch else (self.points, self.max_points)
+        table[key] = value
+        if len(table) > limit:
+            table.popitem(last=False)
 
     def profile(self, key: tuple, make: Any) -> MemoryProfile:
         """Return the profile cached under ``key``, made by ``make()`` the first time."""
@@ -229,6 +245,8 @@ def read_model_config(model: dict, origin: str = "") -> dict:
 
 @lru_cache(maxsize=256)
 def _arch_from_config(canonical: str, origin: str) -> Architecture:
+    from .architecture import from_hf_config
+
     return from_hf_config(json.loads(canonical), origin)
 
 
@@ -501,7 +519,7 @@ def fact_flat(policy: Any, facts: dict) -> dict[str, Any]:
 class _Context:
     """One derivation's architecture, GPU and memory point, resolving candidates on demand."""
 
-    def __init__(self, policy: Any, facts: dict, origin: str, cache: DeriveCache | None) -> None:
+    def __init__(self, policy: Any, facts: dict, origin: str, cache: DeriveCache | None, lazy: bool = False) -> None:
         self.policy, self.facts, self.cache = policy, facts, cache
         self.arch, self.notes, self.arch_key = _architecture(facts["model"], origin)
         self.constants = cache.constants if cache is not None else MemoryConstants.from_policy(policy.memory)
@@ -512,11 +530,11 @@ class _Context:
         self.user_key = _frozen(user) if user else ()
         self.seq, self.multi = dat.get("seq_len"), dat.get("num_tasks", 1) > 1
         key = (self.arch_key, self.gpu, self.user_key, self.seq, self.multi)
-        point = cache.point(key) if cache is not None else None
+        point = cache.point(key, scratch=lazy) if cache is not None else None
         if point is None:
             point = MemoryPoint({}, {}, _shape_flat(facts, self.arch, self.gpu, self.usable))
             if cache is not None:
-                cache.store(key, point)
+                cache.store(key, point, scratch=lazy)
         self.point = point
 
     def candidate(self, then: dict, then_key: str) -> Candidate:
@@ -613,7 +631,7 @@ def derive_lazily(policy: Any, facts: dict, origin: str = "",
     For searches that only need the first rule that holds and fits: candidates and memory facts
     nothing reads are never resolved. The values are those :func:`derive` gives. Raises FactsError.
     """
-    ctx = _Context(policy, facts, origin, cache)
+    ctx = _Context(policy, facts, origin, cache, lazy=True)
     flat = LazyFlat(fact_flat(policy, facts), ctx)
     flat.update(ctx.point.flat)
     keys = cache.then_keys if cache is not None else {}

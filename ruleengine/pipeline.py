@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from . import explain, whatif
+from . import explain
 from .decision import Decision, new_decision_id
 from .estimates import architecture_dict, method_estimates
 from .evaluate import Evaluation, Evaluator
@@ -65,6 +65,12 @@ def _messages(evaluator: Evaluator, ev: Evaluation) -> tuple[list[dict], list[di
     return warnings, notes, rationale, source
 
 
+def _whatif() -> Any:
+    from . import whatif  # only infeasible decisions and explanations search: not loaded for the others
+
+    return whatif
+
+
 def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", explain_all: bool = False,
            model_config: dict | None = None) -> Decision:
     """Return the Decision for ``given`` facts under the evaluator's policy.
@@ -83,9 +89,9 @@ def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", 
     warnings, notes, rationale, source = _messages(evaluator, ev)
     estimates = method_estimates(evaluator.cost_constants, ev.derived, facts)
     rejected = explain.rejected_methods(ev.trace, ev.derived, ev.candidate, evaluator.why_not)
-    suggestions = [] if ev.candidate else whatif.suggestions(evaluator, facts, origin)
+    suggestions = [] if ev.candidate else _whatif().suggestions(evaluator, facts, origin)
     t3 = time.perf_counter()
-    counterfactuals = whatif.counterfactuals(evaluator, facts, ev, origin) if explain_all else None
+    counterfactuals = _whatif().counterfactuals(evaluator, facts, ev, origin) if explain_all else None
     t4 = time.perf_counter()
     policy = evaluator.policy
     return Decision(

@@ -82,6 +82,15 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
     Raises ValueError for an unknown preset, a name matching no module (the message lists the
     valid names), a router, or None where peft has no default.
     """
+    key = (method, tuple(target_modules) if isinstance(target_modules, list) else target_modules)
+    memo = arch.memo("targets")
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _resolve_targets(arch, method, target_modules)
+    return found
+
+
+def _resolve_targets(arch: Architecture, method: str, target_modules: str | Iterable[str] | None) -> tuple[str, ...]:
     infos = arch.linears()
     modules = list(infos)
     adaptable = [n for n in modules if infos[n].kind in ADAPTER_KINDS]

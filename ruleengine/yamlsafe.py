@@ -88,6 +88,23 @@ class _Builder:
             return None
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml: the same nodes and marks, ten times faster
+
+
+def _compose(text: str) -> list[Any]:
+    """Return the node trees of every document in ``text``; raises yaml.YAMLError as PyYAML's own loader does.
+
+    libyaml composes when PyYAML was built with it; a document it rejects is composed again by the
+    Python loader, so every syntax error reads the same whichever parser found it.
+    """
+    if _FAST_LOADER is not None:
+        try:
+            return list(yaml.compose_all(text, Loader=_FAST_LOADER))
+        except yaml.YAMLError:
+            pass
+    return list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+
+
 def load_yaml_text(text: str, file: str) -> LocatedDoc:
     """Parse one YAML document with safe_load semantics and return it with its locations.
 
@@ -98,7 +115,7 @@ def load_yaml_text(text: str, file: str) -> LocatedDoc:
         raise DiagnosticError([Diagnostic("yaml-too-large", f"file is larger than {MAX_BYTES} bytes",
                                           Location(file, 1, 1), "split it or remove generated content")])
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)

@@ -387,6 +387,20 @@ class Architecture:
             linear = max(self.params - embedding - other, 0)
         return {"linear": int(linear), "embedding": int(embedding), "other": int(other)}
 
+    def memo(self, kind: str) -> dict:
+        """Return this instance's cache for results computed from it (``kind`` names what is cached).
+
+        For pure functions of an architecture and other hashable inputs (targets resolved for a
+        preset, trainable counts, per-layer activation bytes): the architecture is immutable, so the
+        entries stay valid for its lifetime and are dropped with it.
+        """
+        key = "_memo_dict_" + kind
+        found = self.__dict__.get(key)
+        if found is None:
+            found = {}
+            object.__setattr__(self, key, found)
+        return found
+
     def with_params(self, total: int) -> Architecture:
         """Return a copy with ``params`` set to ``total``."""
         return replace(self, params=int(total))

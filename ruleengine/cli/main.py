@@ -20,9 +20,12 @@ LAZY_COMMANDS = {
     "map": "ruleengine.cli.policy:map_command",
     "serve": "ruleengine.cli.serve:serve_command",
     "audit": "ruleengine.cli.audit:audit_group",
-    "plan": "executors.cli:plan_command",
-    "train": "executors.cli:train_command",
-    "make-tiny-model": "executors.cli:tiny_model_command",
+    "plan": "ruleengine.cli.train:plan_command",
+    "train": "ruleengine.cli.train:train_command",
+    "make-tiny-model": "ruleengine.cli.train:tiny_model_command",
+    "merge": "ruleengine.cli.train:merge_command",
+    "eval": "ruleengine.cli.train:eval_command",
+    "combine": "ruleengine.cli.train:combine_command",
 }
 
 

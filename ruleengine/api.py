@@ -56,6 +56,7 @@ class PolicyEngine:
         self.sha256 = self.evaluator.sha256
         self.memo_size = memo_size
         self._memo: OrderedDict[str, Decision] = OrderedDict()
+        self._summaries: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
         self.memo_hits = self.memo_misses = 0
 
@@ -87,6 +88,30 @@ class PolicyEngine:
                 if len(self._memo) > self.memo_size:
                     self._memo.popitem(last=False)
         return decision
+
+    def summarize(self, given: dict | FactsInput, *, origin: str = "") -> dict:
+        """Return the compact form of the decision for ``given`` (``pipeline.summary_of``), built lean.
+
+        Uses the memo like :meth:`decide` (a hit gets a fresh decision id). Raises as :meth:`decide`.
+        """
+        key = self._memo_key(given, False, None)
+        if key is not None:
+            key = "s" + key
+            with self._lock:
+                found = self._summaries.get(key)
+                if found is not None:
+                    self._summaries.move_to_end(key)
+                    self.memo_hits += 1
+            if found is not None:
+                return {**found, "decision_id": new_decision_id()}
+        summary = pipeline.summarize(self.evaluator, given, origin=origin)
+        if key is not None:
+            with self._lock:
+                self.memo_misses += 1
+                self._summaries[key] = summary
+                if len(self._summaries) > self.memo_size:
+                    self._summaries.popitem(last=False)
+        return summary
 
     def estimate(self, given: dict | FactsInput, *, origin: str = "") -> dict:
         """Return memory, trainable parameters and cost per method (no rules). Raises FactsError."""

@@ -127,27 +127,33 @@ class Evaluator:
         return derive(self.policy, facts, origin, self.cache)
 
     def evaluate(self, facts: dict, origin: str = "", *, use_engine: bool = True,
-                 derived: Derived | None = None) -> Evaluation:
+                 derived: Derived | None = None, traced: bool = True) -> Evaluation:
         """Derive facts, choose the method and collect advice, with the trace of every rule.
 
         With ``use_engine`` the choice and the advice also come from durable-rules and must agree
-        (raises EngineDisagreement otherwise). Raises FactsError when the facts cannot be derived.
+        (raises EngineDisagreement otherwise). Without ``traced`` no trace events are built (the
+        choice and the advice are the same): for summaries, where nobody reads why. Raises
+        FactsError when the facts cannot be derived.
         """
         derived = derived if derived is not None else self.derive(facts, origin)
         flat = derived.flat
         candidates = derived.candidates
         trace: list[TraceEvent] = []
         chosen: str | None = None
-        for rule in self.select:
-            cand = candidates[rule.id]
-            failed = rule.check(flat)
-            fits = cand.fits
-            matched = failed is None and fits
-            is_chosen = matched and chosen is None
-            if is_chosen:
-                chosen = rule.id
-            trace.append(SelectEvent(rule.id, rule.priority, rule.order, failed is None, fits, matched, is_chosen,
-                                     cand.label(), cand.method, cand.estimate.total_gib, cand.usable_gb, failed))
+        if traced:
+            for rule in self.select:
+                cand = candidates[rule.id]
+                failed = rule.check(flat)
+                fits = cand.fits
+                matched = failed is None and fits
+                is_chosen = matched and chosen is None
+                if is_chosen:
+                    chosen = rule.id
+                trace.append(SelectEvent(rule.id, rule.priority, rule.order, failed is None, fits, matched,
+                                         is_chosen, cand.label(), cand.method, cand.estimate.total_gib, cand.usable_gb,
+                                         failed))
+        else:
+            chosen = self.choose(facts, origin, derived)[0]
         if use_engine and self.select:
             message = self._message(self.select_fields, flat)
             for rule in self.select:
@@ -163,6 +169,10 @@ class Evaluator:
         flat = {**flat, **verdict_facts(candidate)}
         advice: list[str] = []
         for rule in self.advise:
+            if not traced:
+                if rule.holds(flat):
+                    advice.append(rule.id)
+                continue
             failed = rule.check(flat)
             trace.append(AdviseEvent(rule.id, rule.priority, rule.order, failed is None, failed))
             if failed is None:

@@ -113,6 +113,35 @@ def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", 
     )
 
 
+def summary_of(decision: Decision) -> dict:
+    """Return the compact form of a decision: id, verdict, chosen rule, memory, warning/note codes, suggestions."""
+    chosen = decision.candidate
+    return {"decision_id": decision.decision_id, "feasible": decision.feasible, "verdict": decision.verdict,
+            "chosen_rule": decision.chosen_rule,
+            "memory_gb": round(chosen.estimate.total_gib, 3) if chosen is not None else None,
+            "warnings": [w["code"] for w in decision.warnings], "notes": [n["code"] for n in decision.notes],
+            "suggestions": [s["text"] for s in decision.suggestions]}
+
+
+def summarize(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",
+              model_config: dict | None = None) -> dict:
+    """Return ``summary_of(decide(...))`` without building what a summary leaves out.
+
+    The same choice and advice through durable-rules, but no trace, no estimate table and no
+    rejection reasons: for bulk decisions (`decide batch`). Raises as :func:`decide`.
+    """
+    inp = given if isinstance(given, FactsInput) else FactsInput(given)
+    facts = normalized_facts(evaluator, inp, origin=origin, model_config=model_config)
+    ev = evaluator.evaluate(facts, origin, traced=False)
+    warnings, notes, _, _ = _messages(evaluator, ev)
+    suggestions = [] if ev.candidate else _whatif().suggestions(evaluator, facts, origin)
+    return {"decision_id": new_decision_id(), "feasible": ev.candidate is not None,
+            "verdict": ev.candidate.verdict() if ev.candidate else None, "chosen_rule": ev.chosen,
+            "memory_gb": round(ev.candidate.estimate.total_gib, 3) if ev.candidate is not None else None,
+            "warnings": [w["code"] for w in warnings], "notes": [n["code"] for n in notes],
+            "suggestions": [s["text"] for s in suggestions]}
+
+
 def estimate(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "") -> dict:
     """Return memory, trainable parameters and cost of every method for ``given`` (no rules applied).
 

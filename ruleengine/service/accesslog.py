@@ -33,7 +33,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(access_log: bool) -> None:
+def configure() -> None:
     """Send the ``ruleengine`` loggers to stderr as JSON lines (once per process; a handler already set stays)."""
     root = logging.getLogger("ruleengine")
     if not any(getattr(h, "_finetune_policy", False) for h in root.handlers):
@@ -43,4 +43,3 @@ def configure(access_log: bool) -> None:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False
-    ACCESS.disabled = not access_log

@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, service: DecisionService | N
     ``service`` gives a ready DecisionService instead (tests).
     """
     settings = settings or Settings.from_env()
-    configure(settings.access_log)
+    configure()
     service = service or DecisionService(settings)
     metrics = metrics_for(settings.state_dir)
     state = _State(settings, service, metrics)
@@ -363,6 +363,7 @@ class _Edge:
     def __init__(self, app: Callable, state: _State):
         self.app, self.state = app, state
         self.tokens = [t.encode("utf-8") for t in state.settings.tokens]
+        self.access_log = state.settings.access_log
 
     def _auth(self, scope: dict) -> ServiceError | None:
         path = scope.get("path", "")
@@ -435,7 +436,7 @@ class _Edge:
         metrics.request_seconds.labels(route).observe(elapsed)
         if status >= 400:
             metrics.errors.labels(seen["code"] or str(status)).inc()
-        if not ACCESS.disabled:
+        if self.access_log:
             client = scope.get("client")
             line: dict[str, Any] = {"method": scope.get("method"), "path": path, "status": status,
                                     "duration_ms": round(elapsed * 1e3, 3), "bytes": seen["bytes"],

@@ -19,10 +19,10 @@ FACTS = {"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb", "gpu_count"
 
 
 def _service_conftest():
-    name = "service_test_conftest"
+    name = "service_helpers"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "service" /
-                                                      "conftest.py")
+                                                      "_helpers.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import FACTS, strict_json
+from service_helpers import FACTS, strict_json
 
 from ruleengine.audit import open_store
 from ruleengine.cli import main

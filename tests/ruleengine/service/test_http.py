@@ -8,7 +8,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import FACTS, strict_json
+from service_helpers import FACTS, strict_json
 
 from ruleengine.audit import open_store
 

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from conftest import FACTS, strict_json
+from service_helpers import FACTS, strict_json
 
 
 def _recv_all(sock: socket.socket) -> bytes:

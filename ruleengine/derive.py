@@ -265,7 +265,7 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
             raise FactsError([Diagnostic("facts-bad-model-config", str(exc)[:300],
                                          Location(str(model.get("config", ""))),
                                          "give a Hugging Face config.json of a supported architecture",
-                                         path="model.config" + (f".{exc.field}" if getattr(exc, "field", None) else ""))
+                                         path="model.config" + (f".{field}" if (field := getattr(exc, "field", None)) else ""))
                               ]) from None
         _check_config_size(arch, model)
         notes.extend(arch.warnings)

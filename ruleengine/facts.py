@@ -196,7 +196,7 @@ def check_input(inp: FactsInput) -> None:
     inline = isinstance(model, dict) and isinstance(model.get("config"), dict)
     diags = check_value(inp.data, inp.locate, "facts", FACTS_LIMITS,
                         {("model", "config"): INLINE_CONFIG_LIMITS} if inline else None)
-    if not diags and inline:
+    if not diags and inline and isinstance(model, dict):
         size = len(json.dumps(model["config"], ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         if size > MAX_INLINE_CONFIG_BYTES:
             diags.append(Diagnostic("facts-config-too-large", f"the inline model.config is {size} bytes as JSON "

@@ -35,7 +35,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, *, service: DecisionService | N
     _routes(app, state)
     _errors(app)
     _install_openapi(app)
-    app.add_middleware(_Edge, state=state)  # type: ignore[arg-type]
+    app.add_middleware(_Edge, state=state)
     return app
 
 
@@ -247,16 +247,19 @@ def _routes(app: FastAPI, state: _State) -> None:
             engine, data = await asyncio.get_running_loop().run_in_executor(
                 state.decide_pool, service.decide, facts, explain)
         metrics.decision_seconds.observe(time.perf_counter() - started)
-        if service.audit_writer is not None:
-            appended = time.perf_counter()
-            data["audit_record"] = await asyncio.get_running_loop().run_in_executor(
-                state.append_pool, service.record, engine, data)
-            metrics.audit_seconds.observe(time.perf_counter() - appended)
         verdict = data.get("verdict") or {}
         metrics.decisions.labels(verdict.get("method") if data.get("feasible") else "infeasible",
                                  data.get("chosen_rule") or "").inc()
         request.scope.setdefault("state", {})["decision_id"] = data.get("decision_id")
-        return json_response(data)
+        if service.audit_writer is None:
+            return json_response(data)
+        appended = time.perf_counter()
+        record_id, text = await asyncio.get_running_loop().run_in_executor(
+            state.append_pool, service.record, engine, data)
+        metrics.audit_seconds.observe(time.perf_counter() - appended)
+        # the recorded canonical text (strict JSON: no NaN, sorted keys), with the record id in front
+        body = ('{"audit_record":' + json.dumps(record_id) + "," + text[1:]).encode("utf-8")
+        return Response(body, media_type=JSON_TYPE)
 
     @app.get("/healthz", summary="Liveness and the policy in service", responses=_answers("alive"))
     async def healthz() -> Response:
@@ -353,8 +356,8 @@ def _errors(app: FastAPI) -> None:
 
 # --- the edge: request id, auth, metrics, access log, last-resort errors --------------------------------
 
-Send = Callable[[dict], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class _Edge:
@@ -395,9 +398,9 @@ class _Edge:
         started = time.perf_counter()
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})
-        seen = {"status": 500, "bytes": 0, "started": False, "code": None}
+        seen: dict[str, Any] = {"status": 500, "bytes": 0, "started": False, "code": None}
 
-        async def send_wrapped(message: dict) -> None:
+        async def send_wrapped(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
                 seen["started"] = True
@@ -521,4 +524,4 @@ def _install_openapi(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi  # type: ignore[method-assign, unused-ignore]

@@ -199,19 +199,24 @@ class DecisionService:
             raise _bad_facts(exc) from None
         return engine, decision.to_dict()
 
-    def record(self, engine: Any, data: dict) -> str:
-        """Append the decision to the audit store (blocking; group commit); return its record id.
+    def record(self, engine: Any, data: dict) -> tuple[str, str]:
+        """Append the decision to the audit store (blocking; group commit).
 
-        Raises ServiceError 503 ``audit-store-unavailable`` when it cannot be written: no decision leaves
-        unrecorded.
+        Returns (record id, the decision's canonical JSON text as recorded), so the answer can be sent as the
+        very text that was recorded, serialised once. Raises ServiceError 503 ``audit-store-unavailable``
+        when it cannot be written: no decision leaves unrecorded.
         """
         from ..audit import AuditError
+        from ..audit.records import prepare_record
 
         try:
-            return str(self.audit_writer.append(data, engine.policy))
+            self.audit_writer.ensure_snapshot(engine.policy)
+            prepared = prepare_record(data, engine.policy.sha256)
+            [record_id] = self.audit_writer.append_prepared([prepared])
         except AuditError as exc:
             raise ServiceError(HTTPStatus.SERVICE_UNAVAILABLE, "audit-store-unavailable",
                                f"the decision could not be recorded: {exc}") from None
+        return str(record_id), prepared.decision_text
 
     def estimate(self, facts: FactsInput) -> dict:
         """Return memory, trainable parameters and cost per method; raises ServiceError 400 for bad facts."""

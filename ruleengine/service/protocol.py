@@ -51,7 +51,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
             self._header_deadline.cancel()
             self._header_deadline = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override, unused-ignore]
         """Start the deadline for the first request's headers."""
         super().connection_made(transport)
         self._in_headers = True

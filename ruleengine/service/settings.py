@@ -68,10 +68,10 @@ class Settings:
             audit_key=env.get("FINETUNE_POLICY_AUDIT_KEY") or None,
             tokens=tuple(tokens),
             state_dir=env.get("FINETUNE_POLICY_STATE_DIR") or None,
-            max_body=_number(env, "FINETUNE_POLICY_MAX_BODY", MAX_BODY, int, 1024, 64 * 1024 * 1024),
+            max_body=int(_number(env, "FINETUNE_POLICY_MAX_BODY", MAX_BODY, int, 1024, 64 * 1024 * 1024)),
             body_timeout=_number(env, "FINETUNE_POLICY_BODY_TIMEOUT", 10.0, float, 0.1, 3600.0),
             header_timeout=_number(env, "FINETUNE_POLICY_HEADER_TIMEOUT", 10.0, float, 0.1, 3600.0),
-            decide_threads=_number(env, "FINETUNE_POLICY_DECIDE_THREADS", 0, int, 0, 256),
+            decide_threads=int(_number(env, "FINETUNE_POLICY_DECIDE_THREADS", 0, int, 0, 256)),
             access_log=_flag(env, "FINETUNE_POLICY_ACCESS_LOG", True),
         )
 
@@ -101,7 +101,7 @@ class Settings:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
-        return Settings(**values)  # type: ignore[arg-type]
+        return Settings(**values)
 
 
 def read_token_file(path: str) -> list[str]:

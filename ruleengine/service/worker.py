@@ -8,7 +8,6 @@ Set ``FINETUNE_POLICY_STATE_DIR`` to a folder the workers share (metrics, policy
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
 
 with warnings.catch_warnings():  # uvicorn.workers announces its move to the uvicorn-worker package
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -20,5 +19,5 @@ from .protocol import TimedHttpToolsProtocol
 class Worker(UvicornWorker):
     """UvicornWorker with ``TimedHttpToolsProtocol`` and no uvicorn access log (the app writes JSON lines)."""
 
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": TimedHttpToolsProtocol, "access_log": False,
+    CONFIG_KWARGS = {"loop": "auto", "http": TimedHttpToolsProtocol, "access_log": False,
                                                 "server_header": False}

@@ -231,3 +231,41 @@ def test_decide_serve_exit_codes_for_bad_policy_and_port(tmp_path, policy_copy):
         out = subprocess.run([sys.executable, "-m", "ruleengine.cli", "serve", "--port", str(busy.getsockname()[1]),
                               "--no-audit"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2 and "serve-cannot-bind" in out.stderr
+
+
+def test_decide_help_does_not_import_the_service_stack():
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "ruleengine.cli", "--help"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert not imported & {"fastapi", "starlette", "uvicorn", "prometheus_client", "ruleengine"} - {"ruleengine"}
+
+
+def test_the_app_runs_under_gunicorn_with_two_workers(tmp_path):
+    pytest.importorskip("gunicorn")
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FINETUNE_POLICY_AUDIT_DB": str(tmp_path / "g.sqlite3"),
+           "FINETUNE_POLICY_STATE_DIR": str(state)}
+    log = tmp_path / "gunicorn.log"
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-k", "ruleengine.service.worker.Worker",
+                             "-b", "127.0.0.1:0", "ruleengine.service.app:create_app()"], env=env,
+                            stderr=open(log, "w"), stdout=subprocess.DEVNULL)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 90
+        port = None
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"Listening at: http://127.0.0.1:(\d+)", log.read_text())
+            port = int(found.group(1)) if found else None
+            time.sleep(0.1)
+        assert port is not None, log.read_text()
+        assert len(_wait_ready(port, 2)) == 2
+        statuses = [_call(port, "/v1/decide", "POST", FACTS)[0] for _ in range(6)]
+        assert statuses == [200] * 6
+        text = _call(port, "/metrics")[1].decode()
+        assert sum(float(v) for v in re.findall(r'finetune_policy_decisions_total\{[^}]*\} (\S+)', text)) == 6
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    with open_store(str(tmp_path / "g.sqlite3")) as store:
+        assert store.count() == 6 and store.verify().ok

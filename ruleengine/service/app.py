@@ -44,7 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..diagnostics import Diagnostic, DiagnosticError, Location
+from ..diagnostics import Diagnostic, Location
 from .accesslog import ACCESS, configure
 from .core import DecisionService, ServiceError, parse_facts
 from .metrics import Metrics, metrics_for
@@ -422,7 +422,7 @@ class _Edge:
                 await self.app(scope, receive, send_wrapped)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: always a JSON answer
             log.error("internal error on %s %s: %s", scope.get("method"), scope.get("path"), exc,
-                      exc_info=isinstance(exc, (AssertionError, DiagnosticError)) or None)
+                      exc_info=True)
             if not seen["started"]:
                 await error_response(ServiceError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal",
                                                   f"internal error ({type(exc).__name__}); see the server log"))(

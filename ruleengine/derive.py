@@ -16,13 +16,13 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 from . import methods
 from .architecture import Architecture, ArchitectureError, infer_from_params
-from .diagnostics import Diagnostic, Location
+from .diagnostics import Diagnostic, DiagnosticError, Location
 from .facts import FactsError
 from .memory import Estimate, MemoryConstants, MemoryProfile, TrainingSetup, profile, usable_gib
 from .methods import MethodConfig
@@ -218,28 +218,40 @@ def gpu_spec(policy: Any, hardware: dict) -> GpuSpec:
                    entry.get("price_per_hour"), int(hardware.get("gpu_count", 1)))
 
 
+MAX_CONFIG_FILE_BYTES = 1024 * 1024  # a config.json is a few KiB; anything this large is not one
+
+
 def read_model_config(model: dict, origin: str = "") -> dict:
     """Return the parsed ``model.config`` JSON (a file or a model directory, relative to ``origin``).
 
-    Raises FactsError naming the path when it cannot be read or is not a JSON object.
+    Only a regular file of at most ``MAX_CONFIG_FILE_BYTES`` is read (never a FIFO, a device such
+    as /dev/zero, or a socket); the JSON is parsed strictly (no NaN/Infinity) and checked like
+    inline facts. Raises FactsError naming the path when it cannot be read or is not a JSON object.
     """
+    from .facts import INLINE_CONFIG_LIMITS
+    from .jsonsafe import check_value, loads
+    from .safeio import read_regular_file
+
     config = model["config"]
     path = config if os.path.isabs(config) or not origin else os.path.join(origin, config)
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise FactsError([Diagnostic("facts-bad-model-config", f"not valid JSON: {exc.msg}",
-                                     Location(file, exc.lineno, exc.colno), "give a Hugging Face config.json",
-                                     path="model.config")]) from None
+        raw = read_regular_file(file, MAX_CONFIG_FILE_BYTES)
     except OSError as exc:
         raise FactsError([Diagnostic("facts-bad-model-config", f"cannot read the model config: {exc.strerror}",
                                      Location(file), "check the path given as model.config / --model-config",
                                      path="model.config")]) from None
+    try:
+        data = loads(raw, file, "facts-bad-model-config")
+    except DiagnosticError as exc:
+        raise FactsError([replace(d, code="facts-bad-model-config", help="give a Hugging Face config.json",
+                                  path="model.config") for d in exc.diagnostics]) from None
     if not isinstance(data, dict):
         raise FactsError([Diagnostic("facts-bad-model-config", "a config.json must hold a JSON object",
                                      Location(file, 1, 1), path="model.config")])
+    problems = check_value(data, lambda p, k: Location(file), "facts-bad-model-config", INLINE_CONFIG_LIMITS)
+    if problems:
+        raise FactsError(problems)
     return data
 
 
@@ -273,11 +285,14 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
         canonical = json.dumps(content, sort_keys=True)
         try:
             arch = _arch_from_config(canonical, str(model.get("config", "<config>")))
-        except ArchitectureError as exc:
-            raise FactsError([Diagnostic("facts-bad-model-config", str(exc), Location(str(model.get("config", ""))),
+        except (ArchitectureError, ArithmeticError, TypeError, ValueError) as exc:
+            # ArithmeticError/TypeError/ValueError: values of a config no real model has (overflowing sizes, ...)
+            raise FactsError([Diagnostic("facts-bad-model-config", str(exc)[:300],
+                                         Location(str(model.get("config", ""))),
                                          "give a Hugging Face config.json of a supported architecture",
-                                         path="model.config" + (f".{exc.field}" if getattr(exc, "field", None) else ""))
+                                         path="model.config" + (f".{field}" if (field := getattr(exc, "field", None)) else ""))
                               ]) from None
+        _check_config_size(arch, model)
         notes.extend(arch.warnings)
         given = model.get("params")
         if given and abs(given - arch.params) / arch.params > 0.05:
@@ -291,6 +306,54 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
         raise FactsError([Diagnostic("facts-cannot-infer-architecture", str(exc), Location("<facts>"),
                                      "give model.config (a config.json) for a model this small",
                                      path="model.params")]) from None
+
+
+def _check_config_size(arch: Architecture, model: dict) -> None:
+    """Raise FactsError when a config describes more parameters than model.params accepts (10T).
+
+    Small models are fine from a config (the bundled tiny test model has 139k parameters); only sizes no
+    real model has, whose memory figures would overflow what the rules engine compares exactly, are refused.
+    """
+    from .facts import count_bounds
+
+    _low, high = count_bounds("model.params")
+    if not (math.isfinite(arch.params) and 0 < arch.params <= high):
+        raise FactsError([Diagnostic("facts-bad-model-config", f"the config describes {arch.params:.4g} parameters, "
+                                     f"more than {high:g}", Location(str(model.get("config", ""))),
+                                     "give the config.json of a real model", path="model.config")])
+
+
+def check_user_targets(arch: Architecture, training: dict) -> None:
+    """Raise FactsError when the facts' training.target_modules name modules this architecture lacks.
+
+    Each unknown name gets its own diagnostic with a did-you-mean among the model's adaptable modules;
+    a preset that selects nothing, or a MoE router, is refused the same way.
+    """
+    from .diagnostics import did_you_mean
+    from .trainable import adaptable_modules, resolve_targets
+
+    wanted = training.get("target_modules")
+    if wanted is None:
+        return
+    valid = adaptable_modules(arch)
+    diags: list[Diagnostic] = []
+    if isinstance(wanted, list):
+        known = set(valid) | {n.rsplit(".", 1)[-1] for n in valid}
+        for i, name in enumerate(wanted):
+            if name not in known and not any(v.endswith("." + name) for v in valid):
+                diags.append(Diagnostic("facts-unknown-target-module",
+                                        f"`{name}` is not a module of {arch.model_type}",
+                                        Location("<facts>"), did_you_mean(str(name), sorted(known)),
+                                        path=f"training.target_modules[{i}]"))
+    if not diags:
+        try:
+            resolve_targets(arch, "lora", tuple(wanted) if isinstance(wanted, list) else wanted)
+        except ValueError as exc:
+            diags.append(Diagnostic("facts-bad-target-modules", str(exc)[:300], Location("<facts>"),
+                                    "name modules of the model's decoder layers, or use all-linear",
+                                    path="training.target_modules"))
+    if diags:
+        raise FactsError(diags)
 
 
 def _method_defaults(policy: Any, method: str) -> dict:
@@ -616,6 +679,7 @@ def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None
     cannot be used, ValueError for bad hyperparameters.
     """
     ctx = _Context(policy, facts, origin, cache)
+    check_user_targets(ctx.arch, facts.get("training") or {})
     point = ctx.complete()
     keys = cache.then_keys if cache is not None else {}
     candidates = {r.id: ctx.candidate(r.then, keys.get(r.id) or _then_key(r.then)) for r in policy.select_rules}

@@ -18,22 +18,33 @@ from .evaluate import Evaluation, Evaluator
 from .facts import FactsInput, normalize_facts, plain_copy
 from .templates import render_message
 
+INLINE_CONFIG = "<inline>"  # normalized model.config of a config given as an object (content in config_content)
+
 
 def normalized_facts(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",
                      model_config: dict | None = None,
                      require: tuple[str, ...] = ("model", "hardware", "data")) -> dict:
     """Return complete, typed facts for ``given`` under the evaluator's policy.
 
-    The content of ``model.config`` is read once (relative to ``origin``) and recorded as
-    ``model.config_content`` so a replay never depends on the file; ``model_config`` supplies that
-    content directly (replay of a recorded decision). Raises FactsError (exit 2).
+    The content of ``model.config`` is read once (a path, relative to ``origin``; or the inline object
+    itself, whose place then says ``<inline>``) and recorded as ``model.config_content`` so a replay
+    never depends on the file; ``model_config`` supplies that content directly (replay of a recorded
+    decision). Raises FactsError (exit 2).
     """
     from .derive import read_model_config
 
     facts = normalize_facts(given, evaluator.policy, require=require)
-    if facts["model"].get("config"):
-        facts["model"]["config_content"] = model_config if model_config is not None else read_model_config(
-            facts["model"], origin)
+    model = facts["model"]
+    if model.get("config"):
+        if model_config is not None:
+            content = model_config
+        elif isinstance(model["config"], dict):
+            content = model["config"]
+        else:
+            content = read_model_config(model, origin)
+        if isinstance(model["config"], dict):  # an inline config: its content is recorded once, under config_content
+            model["config"] = INLINE_CONFIG
+        model["config_content"] = content
     return facts
 
 

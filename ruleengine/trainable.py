@@ -52,6 +52,12 @@ _PEFT_MOE_REWRITE: dict[str, dict[str, str]] = {
 }
 
 
+def adaptable_modules(arch: Architecture) -> list[str]:
+    """Return the names of the modules (per decoder layer) an adapter may target, in forward order."""
+    infos = arch.linears()
+    return [n for n in infos if infos[n].kind in ADAPTER_KINDS]
+
+
 def _peft_default(arch: Architecture, method: str) -> tuple[str, ...] | None:
     """Return peft's default target_modules for ``method`` on this family (peft utils/constants.py), or None."""
     from .architecture.families import ALIASES, FAMILIES

@@ -131,7 +131,8 @@ def test_nothing_imports_the_cli_but_the_cli():
 # the pipeline, bottom to top: a module may import only modules at its own level or below
 LAYERS = [
     {"ruleengine.units", "ruleengine.diagnostics", "ruleengine.exitcodes", "ruleengine.yamlsafe",
-     "ruleengine.paths", "ruleengine.schema_check", "ruleengine.templates"},
+     "ruleengine.paths", "ruleengine.schema_check", "ruleengine.templates", "ruleengine.jsonsafe",
+     "ruleengine.safeio"},
     {"ruleengine.architecture", "ruleengine.trainable", "ruleengine.methods", "ruleengine.vocabulary",
      "ruleengine.conditions"},
     {"ruleengine.memory", "ruleengine.cost", "ruleengine.policy", "ruleengine.facts"},

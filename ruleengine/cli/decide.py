@@ -15,6 +15,7 @@ from ..exitcodes import ExitCode
 from ..pipeline import summary_of
 from .common import (
     EXIT_CODES_HELP,
+    audit_options,
     build_facts,
     dump,
     error_format_option,
@@ -30,21 +31,22 @@ def _engine(kwargs: dict) -> Any:
     return api.open_policy(kwargs.get("policy_path"))
 
 
-def _record(decision: Any, engine: Any, no_audit: bool, audit_db: str | None) -> None:
+def _record(decision: Any, engine: Any, no_audit: bool, audit_db: str | None, audit_key: str | None) -> None:
     if no_audit:
         return
     from .. import api
 
-    api.record(decision, engine, audit_db=audit_db)
+    api.record(decision, engine, audit_db=audit_db, key_path=audit_key)
 
 
-def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, audit_db: str | None) -> ExitCode:
+def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, audit_db: str | None,
+                    audit_key: str | None = None) -> ExitCode:
     """Decide for the command-line facts, record, print; return the exit code (the root command's body)."""
     from ..render import render_decision_text, render_explanation
 
     engine = _engine(kwargs)
     decision = engine.decide(build_facts(kwargs), origin=facts_origin(kwargs), explain=explain)
-    _record(decision, engine, no_audit, audit_db)
+    _record(decision, engine, no_audit, audit_db, audit_key)
     data = decision.to_dict()
     if fmt == "table":
         click.echo(render_decision_text(data))
@@ -59,9 +61,9 @@ def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, au
 @click.command("explain", epilog=EXIT_CODES_HELP)
 @fact_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", help="output format")
-@click.option("--no-audit", is_flag=True, help="do not record this decision in the audit store")
-@click.option("--audit-db", type=click.Path(dir_okay=False), default=None, help="audit store path")
-def explain_command(fmt: str, no_audit: bool, audit_db: str | None, **kwargs: Any) -> ExitCode:
+@audit_options
+def explain_command(fmt: str, no_audit: bool, audit_db: str | None, audit_key: str | None,
+                    **kwargs: Any) -> ExitCode:
     """Why this method, why not each other one, and the smallest change of one fact that flips it.
 
     Counterfactuals are computed from the policy (GPU memory, GPU count, data size, model size),
@@ -71,7 +73,7 @@ def explain_command(fmt: str, no_audit: bool, audit_db: str | None, **kwargs: An
 
     engine = _engine(kwargs)
     decision = engine.decide(build_facts(kwargs), origin=facts_origin(kwargs), explain=True)
-    _record(decision, engine, no_audit, audit_db)
+    _record(decision, engine, no_audit, audit_db, audit_key)
     data = decision.to_dict()
     if fmt == "text":
         click.echo(render_explanation(data))
@@ -250,11 +252,10 @@ def _default_workers() -> int:
               help="summary: id, verdict, memory, warning codes; full: the whole decision")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="processes deciding in parallel (default: the CPUs available, at most 8)")
-@click.option("--no-audit", is_flag=True, help="do not record the decisions in the audit store")
-@click.option("--audit-db", type=click.Path(dir_okay=False), default=None, help="audit store path")
+@audit_options
 @error_format_option
 def batch_command(input_path: str, output_path: str, policy_path: str | None, detail: str, workers: int | None,
-                  no_audit: bool, audit_db: str | None, error_format: str) -> ExitCode:
+                  no_audit: bool, audit_db: str | None, audit_key: str | None, error_format: str) -> ExitCode:
     """Decide many fact sets: INPUT is JSONL (one facts object per line) or a YAML list; `-` is stdin.
 
     Writes one JSON line per input, in input order: `{"line": N, "ok": true, ...}` with the decision
@@ -269,20 +270,24 @@ def batch_command(input_path: str, output_path: str, policy_path: str | None, de
     _for_throughput()
     counts = {"decided": 0, "infeasible": 0, "error": 0}
     keep = not no_audit
+    writer = api.audit_writer(audit_db, key_path=audit_key) if keep else None  # one writer: group commits
     partial = output_path + ".partial" if output_path != "-" else None
     out: IO[str] = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
     try:
         for line, outcome, full in _results(engine, input_path, policy_path, detail,
                                             workers if workers is not None else _default_workers(), keep):
             counts[outcome] += 1
-            if keep and full is not None:
-                api.record(full, engine, audit_db=audit_db)
+            if writer is not None and full is not None:
+                api.record(full, engine, writer=writer)
             out.write(line + "\n")
     except BaseException:
         if partial:
             out.close()
             os.unlink(partial)
         raise
+    finally:
+        if writer is not None:
+            writer.close()
     if partial:
         out.close()
         os.replace(partial, output_path)

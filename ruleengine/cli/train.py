@@ -281,8 +281,8 @@ def tiny_model_command(output_dir: str, corpus: tuple[str, ...], vocab_size: int
                                 intermediate_size=intermediate_size, seed=seed)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    except BundledDataMissing as exc:
-        raise click.ClickException(f"{exc} (or give --corpus)") from None
+    except BundledDataMissing as exc:  # a broken install: an internal error (exit 4) that says what to do
+        raise BundledDataMissing(f"{exc} (or give --corpus)") from None
     click.echo(path)
 
 

@@ -264,9 +264,10 @@ class BoundaryGroup(LazyGroup):
         except (click.exceptions.Exit, click.Abort):
             raise
         except click.ClickException as exc:
-            if exc.exit_code == ExitCode.INFEASIBLE:  # click's generic errors use 1, which means "infeasible" here
-                exc.exit_code = int(ExitCode.BAD_INPUT)
-            raise
+            if exc.exit_code != ExitCode.INFEASIBLE:  # click's usage errors already exit 2
+                raise
+            exc.show()  # click's generic errors exit 1, which means "infeasible" here: they are bad input
+            ctx.exit(int(ExitCode.BAD_INPUT))
         except DiagnosticError as exc:
             _emit(exc, ctx.meta.get("error_format", "text"))
             ctx.exit(int(exc.exit_code))

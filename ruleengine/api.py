@@ -56,8 +56,7 @@ class PolicyEngine:
         self.evaluator: Evaluator = evaluator_for(policy)
         self.sha256 = self.evaluator.sha256
         self.memo_size = memo_size
-        self._memo: OrderedDict[str, Decision] = OrderedDict()
-        self._summaries: OrderedDict[str, dict] = OrderedDict()
+        self._memo: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.memo_hits = self.memo_misses = 0
 
@@ -71,23 +70,13 @@ class PolicyEngine:
         ``model_config`` gives that config's content directly (replay); ``explain`` adds
         counterfactuals. Raises FactsError (exit 2) for invalid facts and EngineDisagreement (exit 4).
         """
-        key = self._memo_key(given, explain, model_config)
-        if key is not None:
-            with self._lock:
-                found = self._memo.get(key)
-                if found is not None:
-                    self._memo.move_to_end(key)
-                    self.memo_hits += 1
-            if found is not None:
-                return _fresh(found)
+        key = self._memo_key("d", given, explain, model_config)
+        found = self._recall(key)
+        if found is not None:
+            return _fresh(found)
         decision = pipeline.decide(self.evaluator, given, origin=origin, explain_all=explain,
                                    model_config=model_config)
-        if key is not None:
-            with self._lock:
-                self.memo_misses += 1
-                self._memo[key] = decision
-                if len(self._memo) > self.memo_size:
-                    self._memo.popitem(last=False)
+        self._remember(key, decision)
         return decision
 
     def summarize(self, given: dict | FactsInput, *, origin: str = "") -> dict:
@@ -95,23 +84,12 @@ class PolicyEngine:
 
         Uses the memo like :meth:`decide` (a hit gets a fresh decision id). Raises as :meth:`decide`.
         """
-        key = self._memo_key(given, False, None)
-        if key is not None:
-            key = "s" + key
-            with self._lock:
-                found = self._summaries.get(key)
-                if found is not None:
-                    self._summaries.move_to_end(key)
-                    self.memo_hits += 1
-            if found is not None:
-                return {**found, "decision_id": new_decision_id()}
+        key = self._memo_key("s", given, False, None)
+        found = self._recall(key)
+        if found is not None:
+            return {**found, "decision_id": new_decision_id()}
         summary = pipeline.summarize(self.evaluator, given, origin=origin)
-        if key is not None:
-            with self._lock:
-                self.memo_misses += 1
-                self._summaries[key] = summary
-                if len(self._summaries) > self.memo_size:
-                    self._summaries.popitem(last=False)
+        self._remember(key, summary)
         return summary
 
     def estimate(self, given: dict | FactsInput, *, origin: str = "") -> dict:
@@ -134,7 +112,29 @@ class PolicyEngine:
             except DiagnosticError as exc:
                 yield BatchItem(index, None, exc)
 
-    def _memo_key(self, given: dict | FactsInput, explain: bool, model_config: dict | None) -> str | None:
+    def _recall(self, key: str | None) -> Any:
+        """Return the memoised value for ``key`` (most recently used from now on), or None."""
+        if key is None:
+            return None
+        with self._lock:
+            found = self._memo.get(key)
+            if found is not None:
+                self._memo.move_to_end(key)
+                self.memo_hits += 1
+        return found
+
+    def _remember(self, key: str | None, value: Any) -> None:
+        """Memoise ``value`` under ``key``, dropping the least recently used entry beyond memo_size."""
+        if key is None:
+            return
+        with self._lock:
+            self.memo_misses += 1
+            self._memo[key] = value
+            if len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+
+    def _memo_key(self, kind: str, given: dict | FactsInput, explain: bool,
+                  model_config: dict | None) -> str | None:
         if self.memo_size <= 0:
             return None
         data = given.data if isinstance(given, FactsInput) else given
@@ -145,7 +145,7 @@ class PolicyEngine:
             text = json.dumps([data, model_config], sort_keys=True, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError):
             return None
-        return f"{int(explain)}{text}"
+        return f"{kind}{int(explain)}{text}"
 
 
 @dataclass(frozen=True)

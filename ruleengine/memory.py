@@ -42,7 +42,7 @@ def _bundled_sections() -> dict[str, Any]:
     from .paths import default_policy
 
     with open(default_policy() / "memory.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built with it
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -356,7 +356,10 @@ def profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constan
     prec = c.get("precision", setup.precision)
     opt = c.get("optimizer", setup.optimizer)
     adapter = c.get("adapter")
-    trainable = spec.trainable(arch, cfg)
+    trainable_memo = arch.memo("trainable")
+    trainable = trainable_memo.get(cfg)
+    if trainable is None:
+        trainable = trainable_memo[cfg] = spec.trainable(arch, cfg)
     parts = arch.param_breakdown()
     total_params = int(arch.params)
     n_gpu = setup.gpu_count
@@ -421,7 +424,15 @@ def profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, constan
         notes.append(f"{setup.optimizer} keeps its states in unified memory: they page to the CPU under pressure")
 
     # activations and logits per sequence (alive together at the start of backward)
-    activations, tokens = _activations_per_sequence(arch, cfg, setup, c, notes)
+    activation_key = (cfg, setup.precision, setup.seq_len, setup.gradient_checkpointing, setup.attention, id(c))
+    activation_memo = arch.memo("activations")
+    found = activation_memo.get(activation_key)
+    if found is None or found[0] is not c:
+        extra_notes: list[str] = []
+        per_sequence = _activations_per_sequence(arch, cfg, setup, c, extra_notes)
+        found = activation_memo[activation_key] = (c, per_sequence, tuple(extra_notes))
+    activations, tokens = found[1]
+    notes.extend(found[2])
     lg = c.get("logits")
     logits = tokens * arch.vocab_size * (lg["copies_16bit"] * prec["activation_bytes"] + lg["copies_fp32"] * 4)
 

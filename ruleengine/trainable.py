@@ -52,6 +52,12 @@ _PEFT_MOE_REWRITE: dict[str, dict[str, str]] = {
 }
 
 
+def adaptable_modules(arch: Architecture) -> list[str]:
+    """Return the names of the modules (per decoder layer) an adapter may target, in forward order."""
+    infos = arch.linears()
+    return [n for n in infos if infos[n].kind in ADAPTER_KINDS]
+
+
 def _peft_default(arch: Architecture, method: str) -> tuple[str, ...] | None:
     """Return peft's default target_modules for ``method`` on this family (peft utils/constants.py), or None."""
     from .architecture.families import ALIASES, FAMILIES
@@ -82,6 +88,15 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
     Raises ValueError for an unknown preset, a name matching no module (the message lists the
     valid names), a router, or None where peft has no default.
     """
+    key = (method, tuple(target_modules) if isinstance(target_modules, list) else target_modules)
+    memo = arch.memo("targets")
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _resolve_targets(arch, method, target_modules)
+    return found
+
+
+def _resolve_targets(arch: Architecture, method: str, target_modules: str | Iterable[str] | None) -> tuple[str, ...]:
     infos = arch.linears()
     modules = list(infos)
     adaptable = [n for n in modules if infos[n].kind in ADAPTER_KINDS]

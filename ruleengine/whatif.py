@@ -7,7 +7,6 @@ below this module calls it.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .conditions import comparisons
@@ -21,19 +20,23 @@ from .units import format_value as _fmt
 def _outcome(evaluator: Evaluator, facts: dict, origin: str) -> tuple[tuple, Candidate | None] | None:
     """Return (verdict signature, chosen candidate) for hypothetical ``facts``, or None when they are invalid."""
     try:
-        ev = evaluator.evaluate(facts, origin, use_engine=False)
+        return evaluator.outcome(facts, origin)
     except (FactsError, ValueError, ZeroDivisionError):
         return None
-    return ev.signature(), ev.candidate
+
+
+def _fits(res: tuple[tuple, Candidate | None] | None) -> bool:
+    return bool(res and res[1] is not None)
 
 
 def _with(facts: dict, path: str, value: Any) -> dict:
-    out = copy.deepcopy(facts)
+    """Return ``facts`` with one fact changed (a new dict for the changed group; the rest shared, never mutated)."""
     group, key = path.split(".")
-    out[group][key] = value
+    changed = {**facts[group], key: value}
     if path == "model.params":
-        out["model"].pop("config", None)
-    return out
+        changed.pop("config", None)
+        changed.pop("config_content", None)
+    return {**facts, group: changed}
 
 
 def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dict]:
@@ -41,51 +44,54 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
 
     Tries, in order: a larger GPU from the catalog, more GPUs (sharded), ZeRO-3 with CPU offload,
     a shorter sequence and batch of 1, and the largest model that fits. Never suggests a method
-    that does not fit: every suggestion is a real evaluation of the policy.
+    that does not fit: every suggestion is a real evaluation of the policy. The largest GPU and the
+    largest GPU count are tried first and the smaller ones only when those help: a policy where more
+    memory turns a feasible decision infeasible fails `decide check --properties` anyway.
     """
     policy = evaluator.policy
     out: list[dict] = []
     hw = facts["hardware"]
     count = int(hw.get("gpu_count", 1))
-    for name, spec in sorted(policy.gpus.items(), key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"])):
-        trial = copy.deepcopy(facts)
-        trial["hardware"] = {"gpu": name, "gpu_count": count}
-        res = _outcome(evaluator, trial, origin)
-        if res and res[1] is not None:
-            out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
-                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
-            break
-    for n in (2, 4, 8, 16, 32, 64):
-        if n <= count:
-            continue
-        trial = _with(facts, "hardware.gpu_count", n)
-        res = _outcome(evaluator, trial, origin)
-        if res and res[1] is not None:
-            label = hw.get("gpu") or f"{hw.get('gpu_memory_gb')} GiB GPUs"
-            out.append({"kind": "more-gpus", "facts": {"hardware.gpu_count": n}, "verdict": res[1].label(),
-                        "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
-            break
-    trial = copy.deepcopy(facts)
-    trial.setdefault("training", {})["sharding"] = "zero3_offload"
+    current = float(hw.get("gpu_memory_gb") or policy.gpus.get(hw.get("gpu") or "", {}).get("memory_gb") or 0.0)
+    larger = [(name, spec) for name, spec in sorted(policy.gpus.items(),
+                                                    key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"]))
+              if spec["memory_gb"] > current]  # no more memory than today's GPU cannot fit what does not
+    # the largest GPU first: when even it does not help, the smaller ones are not tried one by one
+    if larger and _fits(_outcome(evaluator, {**facts, "hardware": {"gpu": larger[-1][0], "gpu_count": count}}, origin)):
+        for name, spec in larger:
+            res = _outcome(evaluator, {**facts, "hardware": {"gpu": name, "gpu_count": count}}, origin)
+            if res and res[1] is not None:
+                out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
+                            "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                            "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
+                break
+    counts = [n for n in (2, 4, 8, 16, 32, 64) if n > count]
+    if counts and _fits(_outcome(evaluator, _with(facts, "hardware.gpu_count", counts[-1]), origin)):
+        for n in counts:
+            res = _outcome(evaluator, _with(facts, "hardware.gpu_count", n), origin)
+            if res and res[1] is not None:
+                label = hw.get("gpu") or f"{hw.get('gpu_memory_gb')} GiB GPUs"
+                out.append({"kind": "more-gpus", "facts": {"hardware.gpu_count": n}, "verdict": res[1].label(),
+                            "memory_gb": round(res[1].estimate.total_gib, 2),
+                            "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
+                break
+    training = facts.get("training") or {}
     if count > 1:
-        res = _outcome(evaluator, trial, origin)
+        res = _outcome(evaluator, {**facts, "training": {**training, "sharding": "zero3_offload"}}, origin)
         if res and res[1] is not None:
             out.append({"kind": "zero3-offload", "facts": {"training.sharding": "zero3_offload"},
                         "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
                         "text": f"with ZeRO-3 and CPU offload on the same GPUs: {res[1].label()} "
                                 f"({res[1].estimate.cpu_offload_gib:.0f} GiB of host RAM per GPU)"})
-    trial = copy.deepcopy(facts)
-    trial.setdefault("training", {}).update({"micro_batch_size": 1, "seq_len": 512, "gradient_checkpointing": True})
-    res = _outcome(evaluator, trial, origin)
+    small = {**training, "micro_batch_size": 1, "seq_len": 512, "gradient_checkpointing": True}
+    res = _outcome(evaluator, {**facts, "training": small}, origin)
     if res and res[1] is not None:
         out.append({"kind": "smaller-batch", "facts": {"training.micro_batch_size": 1, "training.seq_len": 512},
                     "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
                     "text": f"with micro_batch_size 1 and seq_len 512: {res[1].label()}"})
     lo, hi = 1e8, float(facts["model"].get("params") or 0)
     if hi > lo and (res := _outcome(evaluator, _with(facts, "model.params", lo), origin)) and res[1] is not None:
-        for _ in range(24):
+        while hi / lo > 1.01:  # within 1% of the boundary (lo always fits, so the suggestion holds)
             mid = (lo * hi) ** 0.5
             r = _outcome(evaluator, _with(facts, "model.params", mid), origin)
             if r and r[1] is not None:

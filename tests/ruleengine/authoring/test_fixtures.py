@@ -20,7 +20,8 @@ from .conftest import FIXTURES, REPO
 # fixture -> [(command and arguments after the fixture path, exit status, a text that must appear[, golden name])]
 GOLDENS: dict[str, list[tuple]] = {
     "broken-units": [(["validate"], 3, "threshold-implausible")],
-    "broken-not-runnable": [(["validate"], 3, "number-not-finite")],
+    "broken-not-runnable": [(["validate"], 3, "number-out-of-range")],
+    "broken-not-finite": [(["validate"], 3, "yaml-not-finite")],
     "broken-deep-conditions": [(["validate"], 3, "yaml-too-deep")],
     "broken-huge-number": [(["validate"], 3, "yaml-bad-value")],
     "broken-engine-limits": [(["validate"], 3, "engine-limit"), (["check"], 3, "engine-limit"),

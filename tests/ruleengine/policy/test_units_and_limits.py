@@ -137,10 +137,11 @@ def test_the_exact_number_range_is_the_engines():
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1.0e+308", "9007199254740993"])
 def test_numbers_the_engine_cannot_run_with_are_errors(value):
+    exact = {"number-not-finite", "number-out-of-range", "yaml-not-finite"}  # .inf/.nan: refused by the YAML reader
     found = codes(threshold=f"{{value: {value}, unit: examples}}")
-    assert found and set(found) <= {"number-not-finite", "number-out-of-range"}
+    assert found and set(found) <= exact
     found = codes(literal=value)
-    assert set(found) & {"number-not-finite", "number-out-of-range"}
+    assert set(found) & exact
 
 
 def test_errors_of_every_phase_in_one_run():

@@ -76,6 +76,17 @@ def verdict_facts(candidate: Candidate | None) -> dict[str, Any]:
             "verdict.headroom_gb": candidate.headroom_gb}
 
 
+def durable_rules(policy: Any) -> tuple[list[DurableRule], list[DurableRule]]:
+    """Return the policy's rules as durable-rules programs them: select rules guarded by their fit field, advise rules.
+
+    ``durable_host.check_rules`` on this pair finds what durable-rules cannot run (``decide validate``).
+    """
+    select = [DurableRule(r.id, r.order, {"$and": [{fit_field(r.order): True}, to_durable(r.when)]})
+              for r in policy.select_rules]
+    advise = [DurableRule(r.id, r.order, to_durable(r.when)) for r in policy.advise_rules]
+    return select, advise
+
+
 @dataclass
 class Evaluation:
     """The outcome of evaluating rules on derived facts: the choice, the advice and the trace."""
@@ -116,9 +127,7 @@ class Evaluator:
         if self._program is None:
             with self._program_lock:
                 if self._program is None:
-                    select = [DurableRule(r.id, r.order, {"$and": [{fit_field(r.order): True}, to_durable(r.when)]})
-                              for r in self.policy.select_rules]
-                    advise = [DurableRule(r.id, r.order, to_durable(r.when)) for r in self.policy.advise_rules]
+                    select, advise = durable_rules(self.policy)
                     self._program = program_for(self.sha256, select, advise)
         return self._program
 

@@ -43,3 +43,10 @@ def help_text() -> str:
     for left, right in zip(items[0::2], items[1::2] + [""], strict=True):
         lines.append(f"  {left:<40}{right}".rstrip())
     return "\n".join(lines) + "\n"
+
+
+def command_help(meanings: dict[ExitCode, str]) -> str:
+    """Return the exit-code lines of one command: only the codes it uses, with what each means there."""
+    lines = ["\b", "Exit codes:"]
+    lines.extend(f"  {int(code)}  {text}" for code, text in sorted(meanings.items()))
+    return "\n".join(lines) + "\n"

@@ -71,6 +71,13 @@ def render_decision_text(d: dict, show_estimates: bool = True) -> str:
         cost = est.get("cost") if est else None
         if cost and cost.get("gpu_hours") is not None:
             lines.append(f"  cost (at defaults): {cost['gpu_hours']:.1f} GPU-hours, ${cost['dollars']:.0f}")
+    elif der.get("fits.any"):
+        fitting = [m for m, e in d["estimates"].items() if e.get("fits")]
+        held = [e["rule"] for e in d["trace"] if e.get("kind") == "select" and e.get("conditions_hold")]
+        why = (f"the rules whose conditions hold ({', '.join(held)}) choose verdicts that do not fit" if held
+               else "no select rule's conditions hold for these facts")
+        lines.append("Verdict: INFEASIBLE - no rule chooses a method that fits: " + why + "; "
+                     + ", ".join(fitting) + " would fit (a gap in the policy, see `decide check`)")
     else:
         lines.append("Verdict: INFEASIBLE - no method fits in memory on this hardware")
     src = "inferred from the parameter count" if der.get("model.arch_inferred") else "from model.config"

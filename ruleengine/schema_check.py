@@ -101,7 +101,9 @@ def validate(
             continue
         if error.validator in ("enum", "const"):
             options = error.validator_value if error.validator == "enum" else [error.validator_value]
-            hint = did_you_mean(str(error.instance), [str(o) for o in options])
+            flipped = str(error.instance)[::-1]  # `=>` for `>=`
+            hint = (f"did you mean `{flipped}`?" if flipped in [str(o) for o in options] and flipped != str(error.instance)
+                    else did_you_mean(str(error.instance), [str(o) for o in options]))
             diags.append(Diagnostic(f"{code_prefix}-bad-value",
                                     f"{error.instance!r} is not one of {', '.join(map(str, options))}",
                                     locate(path, False), hint, path=where))

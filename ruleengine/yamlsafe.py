@@ -73,7 +73,12 @@ class _Builder:
                     self.diags.append(Diagnostic("yaml-complex-key", "mapping keys must be plain scalars",
                                                  self._loc(key_node)))
                     continue
-                key = self.constructor.construct_object(key_node)
+                try:
+                    key = self.constructor.construct_object(key_node)
+                except (yaml.constructor.ConstructorError, ValueError):
+                    self.diags.append(Diagnostic("yaml-bad-value", "this mapping key cannot be read",
+                                                 self._loc(key_node), "use a plain string key"))
+                    continue
                 if not isinstance(key, (str, int, float, bool)) or key is None:
                     key = str(key)
                 if key in out:
@@ -90,6 +95,11 @@ class _Builder:
         except yaml.constructor.ConstructorError as exc:
             self.diags.append(Diagnostic("yaml-bad-value", str(exc.problem or exc), self._loc(node),
                                          "only plain YAML values are allowed (no tags)"))
+            return None
+        except ValueError:  # e.g. an integer of more than 4300 digits (sys.get_int_max_str_digits)
+            self.diags.append(Diagnostic("yaml-bad-value", f"the number at this position has {len(node.value)} "
+                                         "characters; no value of a policy or facts file is that large",
+                                         self._loc(node), "write a number of ordinary size"))
             return None
         if isinstance(value, float) and not math.isfinite(value):
             self.diags.append(Diagnostic("yaml-not-finite", f"`{node.value}` is not a finite number", self._loc(node),

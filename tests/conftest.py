@@ -38,3 +38,24 @@ def golden():
         assert text == path.read_text(encoding="utf-8"), f"output differs from golden {path}"
 
     return check
+
+
+def pytest_addoption(parser):
+    """``--policy PATH`` (repeatable; or FINETUNE_POLICY_PROPERTIES=path[:path...]): the policies the policy
+    property tests (tests/ruleengine/test_policy_properties.py) run on; default: every bundled policy."""
+    parser.addoption("--policy", action="append", default=[], metavar="PATH",
+                     help="a policy (file or bundle) for the policy property tests; repeatable")
+
+
+def pytest_generate_tests(metafunc):
+    if "policy_path" in metafunc.fixturenames:
+        paths = list(metafunc.config.getoption("--policy") or [])
+        env = os.environ.get("FINETUNE_POLICY_PROPERTIES")
+        if env:
+            paths.extend(p for p in env.split(os.pathsep) if p)
+        if not paths:
+            from ruleengine.cli.policy import discover_policies
+            from ruleengine.paths import policies_root
+
+            paths = discover_policies((str(policies_root()),))
+        metafunc.parametrize("policy_path", paths, ids=[Path(p).name for p in paths], scope="module")

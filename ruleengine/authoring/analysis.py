@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..units import format_count
-from .intervals import CUSTOM_GPU, INF, Box, Space, box_get
+from .intervals import CUSTOM_GPU, INF, Box, Interval, Space, box_get
 
 ROW_VERDICT_KEYS = ("method", "rank", "alpha", "target_modules", "num_virtual_tokens")
 MODEL_GRID = (0.5e9, 1.1e9, 3e9, 7e9, 13e9, 34e9, 70e9)
@@ -64,6 +64,11 @@ class Analysis:
         """Return the advise rules in evaluation order."""
         return [self.rules[r.id] for r in self.policy.advise_rules]
 
+    @property
+    def chosen(self) -> set[str]:
+        """Return every method some select rule can choose."""
+        return chosen_methods(self)
+
 
 def analyse(policy: Any) -> Analysis:
     """Return the box regions of every rule of ``policy``. Raises AnalysisLimit on a blow-up."""
@@ -97,6 +102,46 @@ def verdict_spec(policy: Any, then: dict, use_case: str | None) -> dict:
 def spec_key(spec: dict) -> str:
     """Return a hashable canonical text of a verdict spec."""
     return json.dumps(spec, sort_keys=True, default=str)
+
+
+# the two fact sets a verdict is resolved for to compare verdicts exactly (see ``resolved_key``)
+_PLAIN_TRAINING: dict[str, Any] = {}
+_USER_TRAINING = {"lora_rank": 8, "target_modules": ["q_proj", "v_proj"], "num_virtual_tokens": 8,
+                  "precision": "fp32", "optimizer": "sgd", "micro_batch_size": 2, "seq_len": 333,
+                  "gradient_checkpointing": False, "sharding": "zero2", "epochs": 7}
+
+
+def resolved_key(policy: Any, then: dict, use_case: str | None) -> str:
+    """Return the verdict a select rule's ``then`` resolves to for ``use_case``, as comparable text.
+
+    Two rules with equal keys produce the same candidate (verdict and memory) for *every* fact set:
+    each verdict field is taken from the first source that gives it (user facts, ``then``, the row,
+    method defaults, policy defaults: ``derive.resolve_spec``), so resolving once without any user
+    training setting and once with all of them (on a GPU without bf16, on two GPUs, several tasks)
+    exercises both branches of every field; the fields depend on each other only through the rank
+    (alpha, AdaLoRA's initial rank), which both resolutions vary.
+    """
+    from ..derive import GpuSpec, resolve_spec
+
+    keys = []
+    uc = use_case or next(iter(policy.use_cases), None)
+    for training, gpu, tasks in ((_PLAIN_TRAINING, GpuSpec("a", 80.0, True, None, None, 1), 1),
+                                 (_USER_TRAINING, GpuSpec("b", 80.0, False, None, None, 2), 2)):
+        facts = {"task": {"use_case": uc}, "data": {"num_tasks": tasks}, "training": dict(training)}
+        try:
+            spec = resolve_spec(policy, then if use_case or not then.get("use_case") else
+                                {k: v for k, v in then.items() if k != "use_case"}, facts, gpu)
+        except (KeyError, ValueError):
+            return spec_key(verdict_spec(policy, then, use_case))
+        data = {k: v for k, v in spec.__dict__.items() if k != "notes"}
+        keys.append(json.dumps(data, sort_keys=True, default=str))
+    return "|".join(keys)
+
+
+def memory_key(spec: dict) -> str:
+    """Return the part of a verdict spec the memory estimate depends on, as text (alpha does not change memory:
+    ``methods.MethodConfig`` has no alpha)."""
+    return spec_key({k: v for k, v in spec.items() if k != "alpha"})
 
 
 def spec_label(spec: dict) -> str:
@@ -149,33 +194,117 @@ def chosen_methods(analysis: Analysis) -> set[str]:
     return out
 
 
-def advise_reachable(analysis: Analysis, info: RuleInfo) -> tuple[bool, str]:
-    """Return whether an advise rule can match, and if not, why (exact box algebra).
+VERDICT_DIMS = ("verdict.method", "verdict.rank", "verdict.sharding", "verdict.memory_gb", "verdict.headroom_gb")
+MAX_USER_RANK = 1024  # facts.schema.json: training.lora_rank
 
-    ``verdict.method == m`` can only hold where a select rule that chooses ``m`` has its
-    conditions hold; ``""`` (infeasible) can hold anywhere. Other verdict facts are free.
+
+def verdict_boxes(analysis: Analysis, method: str) -> list[Box]:
+    """Return the region where the verdict can be ``method`` (``""``: infeasible), with what the other verdict
+    facts can then be: the rank (0 for methods without one; any rank up to 1024 a user may give for ranked
+    methods), the sharding (the user's, the rule's or the defaults', ``auto`` resolving to none, or zero3 on
+    several GPUs), the memory estimate (positive) and the headroom (not negative: the verdict fits).
+    """
+    from ..methods import get as method_spec
+
+    space = analysis.space
+    for name in VERDICT_DIMS:
+        space.dim(name)
+    if method == "":
+        return [_box({"verdict.method": frozenset({""}), "verdict.rank": Interval(0, 0),
+                      "verdict.sharding": frozenset({"none"}), "verdict.memory_gb": Interval(0, 0),
+                      "verdict.headroom_gb": Interval(0, 0)})]
+    ranked = method_spec(method).uses("rank")
+    out: list[Box] = []
+    for box in producers(analysis, method):
+        extra = {"verdict.method": frozenset({method}),
+                 "verdict.rank": Interval(1, MAX_USER_RANK) if ranked else Interval(0, 0),
+                 "verdict.sharding": _shardings(analysis, box, method),
+                 "verdict.memory_gb": Interval(0, INF, True, False), "verdict.headroom_gb": Interval(0, INF)}
+        met = space.meet(box, _box(extra))
+        if met is not None:
+            out.append(met)
+    return out
+
+
+def _box(d: dict) -> Box:
+    return tuple(sorted(d.items()))
+
+
+def _shardings(analysis: Analysis, box: Box, method: str) -> frozenset:
+    """Return the shardings a verdict of ``method`` can resolve to inside ``box`` (an over-approximation)."""
+    space = analysis.space
+    policy = analysis.policy
+    user = space.values(box, "training.sharding")
+    counts = space.values(box, "hardware.gpu_count")
+    several = counts.hi > 1
+    configured = set()
+    for rule in policy.select_rules:
+        configured.add((rule.then.get("training") or {}).get("sharding"))
+    md = (((policy.defaults.get("methods") or {}).get(method) or {}).get("training") or {}).get("sharding")
+    base = (policy.defaults.get("training") or {}).get("sharding", "auto")
+    out: set[str] = set()
+    for value in user:
+        if value != "auto":
+            out.add(value)
+            continue
+        for chosen in {c for c in configured if c} | {md or base}:
+            if chosen != "auto":
+                out.add(chosen)
+            else:
+                out.add("none")
+                if several:
+                    out.add("zero3")
+    return frozenset(out)
+
+
+def advise_reachable(analysis: Analysis, info: RuleInfo) -> tuple[bool, str]:
+    """Return whether an advise rule can match, and if not, why (exact box algebra over the verdict facts).
+
+    ``verdict.method == m`` can only hold where a select rule that chooses ``m`` has its conditions
+    hold, and then the other verdict facts can only take the values ``verdict_boxes`` gives
+    (``verdict.rank`` is 0 for methods without a rank, the headroom of a verdict is never negative
+    ...); ``""`` (infeasible) can hold anywhere, with rank, memory and headroom 0. The region of each
+    select rule is an over-approximation of where it is chosen (earlier rules and the fit guard are
+    ignored), so a rule found unreachable is unreachable.
     """
     space = analysis.space
     if info.never_holds:
         return False, "its conditions contradict each other"
     reasons = []
+    unchosen: set[str] = set()
+    chosen = analysis.chosen
     for b in info.over:
-        methods = box_get(b, "verdict.method")
-        if methods is None:
+        if not any(n in VERDICT_DIMS for n, _ in b):
             return True, ""
+        methods = box_get(b, "verdict.method")
         rest = tuple((n, c) for n, c in b if n != "verdict.method")
-        for m in sorted(methods):
+        plain = tuple((n, c) for n, c in b if n not in VERDICT_DIMS)
+        wanted = tuple((n, c) for n, c in rest if n in VERDICT_DIMS)
+        for m in sorted(methods if methods is not None else frozenset(chosen | {""})):
+            if m and m not in chosen:
+                unchosen.add(m)
+                continue
+            region = verdict_boxes(analysis, m)
+            if any(space.meet(b, p) is not None for p in region):
+                return True, ""
             if m == "":
-                return True, ""
-            region = producers(analysis, m)
-            if any(space.meet(rest, p) is not None for p in region):
-                return True, ""
-            if not region:
-                reasons.append(f"no select rule chooses {m}")
+                reasons.append(f"an infeasible decision has verdict rank, memory and headroom 0, which excludes "
+                               f"{space.describe(wanted)}")
+            elif any(space.meet(plain, p) is not None for p in region):
+                reasons.append(f"where the select rules choose {m}, {space.describe(wanted)} cannot hold "
+                               f"({_verdict_text(space, region, {n for n, _ in wanted})})")
             else:
-                reasons.append(f"the select rules choose {m} only where {_region_text(space, region)}, "
-                               f"which excludes {space.describe(rest) or 'this rule'}")
+                where = [tuple((n, c) for n, c in p if n not in VERDICT_DIMS) for p in region]
+                reasons.append(f"the select rules choose {m} only where {_region_text(space, where)}, "
+                               f"which excludes {space.describe(plain) or 'this rule'}")
+    if unchosen and (not reasons or len(unchosen) <= 2):
+        reasons.insert(0, "no select rule chooses " + ", ".join(sorted(unchosen)))
     return False, "; ".join(dict.fromkeys(reasons))
+
+
+def _verdict_text(space: Space, boxes: list[Box], dims: set[str]) -> str:
+    parts = sorted({space.dims[n].describe(c) for b in boxes for n, c in b if n in dims})
+    return "there " + " or ".join(parts[:4]) + (" ..." if len(parts) > 4 else "")
 
 
 def _region_text(space: Space, boxes: list[Box]) -> str:
@@ -274,20 +403,24 @@ class MemoryProbe:
 
     def __init__(self, policy: Any):
         from ..architecture import infer_from_params
-        from ..derive import GpuSpec, resolve_candidate
+        from ..derive import GpuSpec, candidate_from, resolve_spec
         from ..facts import normalize_facts
-        from ..memory import MemoryConstants, usable_gib
+        from ..memory import MemoryConstants, profile, usable_gib
 
         self.policy = policy
         self._infer = infer_from_params
         self._gpu = GpuSpec
-        self._resolve = resolve_candidate
+        self._resolve_spec = resolve_spec
+        self._candidate = candidate_from
+        self._profile = profile
         self._normalize = normalize_facts
         self._usable = usable_gib
         self.constants = MemoryConstants.from_policy(policy.memory)
         self._arch: dict[float, Any] = {}
         self._est: dict[tuple, float] = {}
         self._facts: dict[str, dict] = {}
+        self._facts_keys: dict[int, tuple] = {}  # id(normalized facts) -> what of them an estimate depends on
+        self._profiles: dict[tuple, Any] = {}
         self.evaluations = 0
 
     def usable(self, memory_gb: float) -> float:
@@ -304,20 +437,48 @@ class MemoryProbe:
         """Return normalized facts for a given-facts document (cached). Raises FactsError."""
         key = json.dumps(given, sort_keys=True, default=str)
         if key not in self._facts:
-            self._facts[key] = self._normalize(given, self.policy)
+            facts = self._normalize(given, self.policy)
+            self._facts[key] = facts
+            self._facts_keys[id(facts)] = (json.dumps(facts.get("training") or {}, sort_keys=True),
+                                           facts["data"].get("seq_len"), facts["data"].get("num_tasks", 1))
         return self._facts[key]
 
-    def min_estimate(self, spec: dict, facts: dict, count: int, bf16: bool) -> float:
-        """Return the smallest per-GPU estimate (GiB) of ``spec`` for normalized ``facts`` on ``count`` GPUs."""
+    def min_estimate(self, spec: dict, facts: dict, count: int, bf16: bool, key_of_spec: str | None = None) -> float:
+        """Return the smallest per-GPU estimate (GiB) of ``spec`` for normalized ``facts`` on ``count`` GPUs.
+
+        ``key_of_spec`` is ``memory_key(spec)`` when the caller has it already.
+        """
         params = float(facts["model"]["params"])
-        key = (spec_key(spec), params, int(count), bool(bf16), json.dumps(facts.get("training") or {}, sort_keys=True),
-               facts["data"].get("seq_len"), facts["data"].get("num_tasks", 1))
-        if key not in self._est:
+        facts_key = self._facts_keys.get(id(facts))
+        if facts_key is None:
+            facts_key = (json.dumps(facts.get("training") or {}, sort_keys=True), facts["data"].get("seq_len"),
+                         facts["data"].get("num_tasks", 1))
+        key = (key_of_spec or memory_key(spec), params, int(count), bool(bf16), facts_key)
+        found = self._est.get(key)
+        if found is None:
             gpu = self._gpu("probe", 1.0, bool(bf16), None, None, int(count))
-            cand = self._resolve(self.policy, spec, facts, self.arch(params), gpu, self.constants, 0.0)
-            self._est[key] = float(cand.estimate.total_gib)
+            resolved = self._resolve_spec(self.policy, spec, facts, gpu)
+            arch = self.arch(params)
+            training = dict(resolved.training)
+            from ..memory import TrainingSetup
+
+            def profile_of(sharding: str) -> Any:
+                setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
+                                      micro_batch_size=1, seq_len=int(training["seq_len"]),
+                                      gradient_checkpointing=bool(training["gradient_checkpointing"]),
+                                      sharding=sharding, gpu_count=int(count))
+                pkey = (params, resolved.cfg, setup)
+                made = self._profiles.get(pkey)
+                if made is None:
+                    made = self._profile(arch, resolved.cfg, setup, self.constants)
+                    self._profiles[pkey] = made
+                return made
+
+            cand = self._candidate(resolved, arch, gpu, self.constants, 0.0, profile_of)
+            found = float(cand.estimate.total_gib)
+            self._est[key] = found
             self.evaluations += 1
-        return self._est[key]
+        return found
 
 
 def numeric_samples(space: Space, box: Box, name: str, grid: tuple, lower: float | None = None) -> list[float]:

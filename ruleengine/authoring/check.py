@@ -6,17 +6,21 @@ Checks (codes), and how each is decided:
 code                       severity  how
 =========================  ========  ==================================================================
 rule-never-holds           error     exact: the rule's conditions have no solution (box algebra)
-rule-shadowed              error     exact when the covering rules have the same resolved verdict;
+rule-shadowed              error     exact when the covering rules resolve to the same verdict for every
+                                     fact set (``analysis.resolved_key``);
                            /warning  *sampled* (warning) when fit dominance between different verdicts
                                      was sampled over model sizes x GPU counts x bf16
-advise-never-matches       warning   exact: ``verdict.method`` values no select rule can choose where
-                                     the advise rule's other conditions hold
+advise-never-matches       error     exact: verdict facts (method, rank, sharding, memory, headroom) no
+                                     select rule's verdict can have where the advise rule's other
+                                     conditions hold
 rule-overlap               warning   exact: two select rules of equal priority with different verdicts
                                      whose conditions hold together (ties are broken by id)
 select-gap                 warning   exact: a region where no select rule's conditions hold, with an
                                      example fact set confirmed by evaluating the policy
 rule-never-fits            error     sampled: the verdict exceeds usable memory on every catalog GPU
                                      with 1..max GPUs, for the smallest model the conditions allow
+fit-gap                    warning   sampled grid, confirmed: a select rule's conditions hold and no
+                                     rule chooses a verdict that fits, while some method would fit
 use-case-method-override   warning   exact: a ``use_case: true`` rule turns a row into a method of
                                      another family (e.g. a full_ft row into qlora: no rank)
 use-case-row-unused        warning   exact: no ``use_case: true`` rule can use the row's verdict
@@ -53,9 +57,10 @@ from .analysis import (
     base_facts,
     example_facts,
     facts_text,
+    memory_key,
     numeric_samples,
+    resolved_key,
     rule_use_cases,
-    spec_key,
     spec_label,
     verdict_spec,
 )
@@ -114,6 +119,19 @@ class _Ctx:
                       if isinstance(r, dict) and "id" in r}
         self.diags: list[Diagnostic] = []
         self.samples = 0
+        self.fit_gap_grid = 0
+        self.dominance: dict[tuple, bool] = {}
+        self.memory_samples: dict[tuple, list] = {}
+        self._resolved: dict[tuple, str] = {}
+
+    def resolved(self, info: RuleInfo, uc: str) -> str:
+        """Return ``analysis.resolved_key`` of a select rule's verdict for ``uc`` (memoised)."""
+        key = (info.id, uc if info.rule.then.get("use_case") else None)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolved_key(self.policy, info.rule.then, uc)
+            self._resolved[key] = found
+        return found
 
     def rule_loc(self, rule_id: str, *sub: Any) -> Location:
         """Return the location of a rule (or a field inside it)."""
@@ -148,30 +166,53 @@ def _reachability(c: _Ctx) -> None:
         ok, why = advise_reachable(c.analysis, info)
         if not ok:
             c.add("advise-never-matches", f"advise rule `{info.id}` can never match: {why} (exact)",
-                  c.rule_loc(info.id, "when"), "change the condition on verdict.method, add a select rule that "
-                  "chooses that method, or remove the rule", "warning", f"rules.{info.id}")
+                  c.rule_loc(info.id, "when"), "change its conditions on the verdict facts, add a select rule that "
+                  "chooses such a verdict, or remove the rule", "error", f"rules.{info.id}")
+
+
+def _memory_signature(region: list[Box]) -> frozenset:
+    """Return what of a region decides its memory samples (the memory facts and GPUs it allows)."""
+    return frozenset(tuple((n, cons) for n, cons in box if n in MEMORY_FACTS or n == "hardware.gpu") for box in region)
 
 
 def _dominance(c: _Ctx, earlier: RuleInfo, later: RuleInfo, region: list[Box], uc: str) -> bool:
-    """Return True when ``earlier``'s verdict fits whenever ``later``'s does, sampled over ``region``."""
+    """Return True when ``earlier``'s verdict fits whenever ``later``'s does, sampled over ``region``.
+
+    Memoised on the two verdicts and the memory facts the region allows: many rules share verdicts
+    and memory regions, and the answer depends on nothing else.
+    """
     probe = c.probe
     if probe is None:
         return False
     spec_e = verdict_spec(c.policy, earlier.rule.then, uc)
     spec_l = verdict_spec(c.policy, later.rule.then, uc)
-    for box in region:
-        for facts, count, bf16 in _memory_samples(c, box, uc):
-            c.samples += 1
-            if probe.min_estimate(spec_e, facts, count, bf16) > probe.min_estimate(spec_l, facts, count, bf16) + 1e-6:
-                return False
-    return True
+    key_e, key_l = memory_key(spec_e), memory_key(spec_l)
+    key = (key_e, key_l, uc, _memory_signature(region))
+    found = c.dominance.get(key)
+    if found is None:
+        found = True
+        for box in region:
+            for facts, count, bf16 in _memory_samples(c, box, uc):
+                c.samples += 1
+                if (probe.min_estimate(spec_e, facts, count, bf16, key_e)
+                        > probe.min_estimate(spec_l, facts, count, bf16, key_l) + 1e-6):
+                    found = False
+                    break
+            if not found:
+                break
+        c.dominance[key] = found
+    return found
 
 
 def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None = None,
-                    counts_grid: tuple = COUNT_GRID):
-    """Yield (normalized facts, gpu count, bf16) over model sizes x GPU counts x bf16 inside ``box``."""
+                    counts_grid: tuple = COUNT_GRID) -> list[tuple[dict, int, bool]]:
+    """Return (normalized facts, gpu count, bf16) over model sizes x GPU counts x bf16 inside ``box`` (memoised)."""
     space, probe = c.space, c.probe
     assert probe is not None
+    key = (_memory_signature([box]), uc, micro_batch, counts_grid)
+    found = c.memory_samples.get(key)
+    if found is not None:
+        return found
     point = {k: v for k, v in space.point(box).items() if k in MEMORY_FACTS and k not in ("model.params",
                                                                                        "hardware.gpu_count")}
     if micro_batch is not None and "training.micro_batch_size" not in point:
@@ -181,53 +222,73 @@ def _memory_samples(c: _Ctx, box: Box, uc: str | None, micro_batch: int | None =
         base["task"]["use_case"] = uc
     counts = [int(x) for x in numeric_samples(space, box, "hardware.gpu_count", counts_grid)]
     bf16s = sorted({bool(c.policy.gpus.get(g, {}).get("bf16", True)) for g in space.values(box, "hardware.gpu")})
+    found = []
     for params in numeric_samples(space, box, "model.params", MODEL_GRID, lower=MIN_MODEL_PARAMS):
         for count in counts:
             facts = probe.normalized(example_facts(c.policy, {**point, "model.params": params,
                                                               "hardware.gpu_count": count}, base))
-            for bf16 in bf16s:
-                yield facts, count, bf16
+            found.extend((facts, count, bf16) for bf16 in bf16s)
+    c.memory_samples[key] = found
+    return found
+
+
+def _names(ids: list[str], most: int = 8) -> str:
+    shown = ", ".join(f"`{i}`" for i in ids[:most])
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def _shadowing(c: _Ctx) -> None:
+    """Report select rules that can never be chosen: first over earlier rules with the same verdict (exact), then,
+    for what remains, over earlier rules whose verdicts fit whenever its own does (sampled). Each pass stops as
+    soon as the rule is covered, and samples only the part of an overlap not covered yet."""
     space = c.space
     select = [i for i in c.analysis.select if not i.never_holds]
     for pos, later in enumerate(select):
-        cover: list[Box] = []
-        by: dict[str, str] = {}
+        rest = list(later.over)
+        exact: list[str] = []
         for earlier in select[:pos]:
-            inter = space.meet_all(earlier.under, later.over)
+            if not rest:
+                break
+            inter = space.meet_all(earlier.under, rest)
             if not inter:
                 continue
-            dominated: set[str] = set()
-            how = "exact"
-            for uc in rule_use_cases(space, earlier, inter):
-                same = spec_key(verdict_spec(c.policy, earlier.rule.then, uc)) == spec_key(
-                    verdict_spec(c.policy, later.rule.then, uc))
-                region = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset({uc}))) is not None]
-                if same:
-                    dominated.add(uc)
-                elif _dominance(c, earlier, later, region, uc):
-                    dominated.add(uc)
-                    how = "sampled"
-            if not dominated:
-                continue
-            part = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset(dominated))) is not None]
+            same = [uc for uc in rule_use_cases(space, earlier, inter)
+                    if c.resolved(earlier, uc) == c.resolved(later, uc)]
+            part = [r for b in inter if same and (r := space.restrict(b, "task.use_case", frozenset(same)))]
             if part:
-                cover.extend(part)
-                by[earlier.id] = how
-        if cover and space.covers(cover, later.over):
-            exact = all(h == "exact" for h in by.values())
-            names = ", ".join(f"`{k}`" for k in by)
-            if exact:
-                why = "with the same verdict (exact)"
-            else:
-                why = ("whose verdicts fit whenever its own does (fit dominance sampled over model sizes x GPU "
-                       "counts; conditions exact)")
+                rest = space.remainder(rest, part)
+                exact.append(earlier.id)
+        if not rest:
             c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
-                  f"{names} come{'s' if len(by) == 1 else ''} first {why}", c.rule_loc(later.id),
+                  f"{_names(exact)} come{'s' if len(exact) == 1 else ''} first with the same verdict (exact)",
+                  c.rule_loc(later.id), "remove the rule, give it a lower priority number than the rules that cover "
+                  "it, or narrow their conditions", "error", f"rules.{later.id}")
+            continue
+        sampled: list[str] = []
+        for earlier in select[:pos]:
+            if not rest:
+                break
+            inter = space.meet_all(earlier.under, rest)
+            if not inter:
+                continue
+            dominated = []
+            for uc in rule_use_cases(space, earlier, inter):
+                if c.resolved(earlier, uc) == c.resolved(later, uc):
+                    continue
+                region = [r for b in inter if (r := space.restrict(b, "task.use_case", frozenset({uc}))) is not None]
+                if _dominance(c, earlier, later, region, uc):
+                    dominated.append(uc)
+            part = [r for b in inter if dominated and (r := space.restrict(b, "task.use_case", frozenset(dominated)))]
+            if part:
+                rest = space.remainder(rest, part)
+                sampled.append(earlier.id)
+        if not rest:
+            names = exact + sampled
+            c.add("rule-shadowed", f"select rule `{later.id}` can never be chosen: wherever its conditions hold, "
+                  f"{_names(names)} come{'s' if len(names) == 1 else ''} first whose verdicts fit whenever its own "
+                  "does (fit dominance sampled over model sizes x GPU counts; conditions exact)", c.rule_loc(later.id),
                   "remove the rule, give it a lower priority number than the rules that cover it, or narrow "
-                  "their conditions", "error" if exact else "warning", f"rules.{later.id}")
+                  "their conditions", "warning", f"rules.{later.id}")
 
 
 def _overlaps(c: _Ctx) -> None:
@@ -238,9 +299,7 @@ def _overlaps(c: _Ctx) -> None:
             if a.rule.priority != b.rule.priority:
                 continue
             region = space.meet_all(a.under, b.under)
-            differing = [uc for uc in rule_use_cases(space, a, region)
-                         if spec_key(verdict_spec(c.policy, a.rule.then, uc))
-                         != spec_key(verdict_spec(c.policy, b.rule.then, uc))]
+            differing = [uc for uc in rule_use_cases(space, a, region) if c.resolved(a, uc) != c.resolved(b, uc)]
             if not differing:
                 continue
             box = next(r for x in region if (r := space.restrict(x, "task.use_case", frozenset(differing))))
@@ -388,6 +447,82 @@ def _gpus_in(c: _Ctx, box: Box) -> list[tuple[str, float, bool]]:
     return out
 
 
+FIT_GAP_COUNTS = (1, 2, 8)
+
+
+def _fit_gaps(c: _Ctx) -> None:
+    """Warn where select rules' conditions hold but none of their verdicts fits although some method would."""
+    if c.probe is None:
+        return
+    from ..evaluate import evaluator_for
+    from ..facts import FactsError
+    from ..trace import SelectEvent
+    from .grid import GridEvaluator, build_grid, point_weight
+
+    policy = c.policy
+    grid = build_grid([policy], counts=FIT_GAP_COUNTS, select_only=True)
+    ge = GridEvaluator(policy)
+    results = ge.evaluate(grid, spot_checks=0, advice=False, keep=True, keep_holds=False)
+    order = [r.id for r in policy.select_rules]
+    found: dict[str, list] = {}  # first rule whose conditions hold -> [(mem, mask, weight)]
+    for mem, res in results.items():
+        gaps = res.chosen.get(None, 0)
+        if res.error or not gaps or not res.derived.flat.get("fits.any"):
+            continue
+        for rid in order:
+            if not gaps:
+                break
+            part = gaps & ge.holds_at(mem, rid)
+            if part:
+                found.setdefault(rid, []).append((mem, part, point_weight(grid, mem)))
+                gaps &= ~part
+    c.fit_gap_grid = grid.size
+    evaluator = evaluator_for(policy)
+    for rid, parts in found.items():
+        count = sum(mask.bit_count() * w for _, mask, w in parts)
+        example = None
+        for mem, mask, _ in sorted(parts, key=lambda p: p[0]):
+            facts = grid.facts(mem, (mask & -mask).bit_length() - 1)
+            try:
+                ev = evaluator.evaluate(c.probe.normalized(facts))
+            except (FactsError, ValueError):
+                continue
+            if ev.candidate is None and ev.flat.get("fits.any"):
+                example = (facts, ev)
+                break
+        if example is None:
+            continue
+        facts, ev = example
+        held = [e.rule for e in ev.trace if isinstance(e, SelectEvent) and e.conditions_hold]
+        chosen = ev.derived.candidates[rid]
+        fitting = sorted((cand.estimate.total_gib, m) for m, cand in ev.derived.defaults.items() if cand.fits)
+        fits_text = ", ".join(f"{m} ({gib:.1f} GiB)" for gib, m in fitting[:4])
+        rest = [f"`{h}`" for h in held if h != rid]
+        others = f"; the conditions of {', '.join(rest)} hold too" if rest else ""
+        c.add("fit-gap", f"where the conditions of select rule `{rid}` hold, no rule chooses a method that fits in "
+              f"{count:,} of {grid.size:,} sampled fact sets although another method would; confirmed: "
+              f"{facts_text(facts)} is infeasible: `{rid}` chooses {chosen.label()} "
+              f"({chosen.estimate.total_gib:.1f} GiB, {chosen.usable_gb:.1f} usable){others}, while "
+              f"{fits_text} would fit", c.rule_loc(rid),
+              "add a fallback rule for these conditions with a verdict that fits (e.g. QLoRA), or let a later rule "
+              "cover them", "warning", f"rules.{rid}")
+
+
+def _properties(c: _Ctx, examples: int) -> None:
+    from .properties import run_properties
+
+    for v in run_properties(c.policy, examples):
+        if v.use_case:
+            loc, path = c.loc("use_cases", v.use_case, key=True), f"use_cases.{v.use_case}"
+        else:
+            loc, path = (c.rule_loc(v.rule), f"rules.{v.rule}") if v.rule else (c.loc("rules", key=True), "rules")
+        example = f"; counterexample: {facts_text(v.facts)}" if v.facts else ""
+        c.add("property-violated", f"{v.property}: {v.message}{example}", loc,
+              "fix the rule, or, for more-data-keeps-capacity, say that the rule means it (`waives: "
+              "[more-data-keeps-capacity]`)" if v.property == "more-data-keeps-capacity" else
+              "fix the rules that decide there", "error", path)
+
+
 def _use_case_table(c: _Ctx) -> None:
     policy, space = c.policy, c.space
     rows = policy.use_cases
@@ -472,7 +607,8 @@ def _unused_names(c: _Ctx, case_gpus: set[str]) -> None:
               f"gpus.{name}")
 
 
-def _case_gpus(policy_path: str) -> set[str]:
+def _case_gpus(policy_path: str, policy_names: dict[str, str]) -> set[str]:
+    """Return the catalog GPUs the policy's test cases name (aliases resolved); unreadable cases are skipped."""
     from ..diagnostics import DiagnosticError
     from .testing import load_cases, test_files
 
@@ -483,9 +619,10 @@ def _case_gpus(policy_path: str) -> set[str]:
         except DiagnosticError:
             continue
         for case in cases:
-            gpu = (case.facts.get("hardware") or {}).get("gpu")
+            hardware = case.facts.get("hardware")
+            gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
             if isinstance(gpu, str):
-                out.add(gpu)
+                out.add(policy_names.get(gpu, gpu))
     return out
 
 
@@ -494,26 +631,34 @@ def _case_gpus(policy_path: str) -> set[str]:
 def compile_for_check(path: str) -> tuple[Any, Any]:
     """Compile the policy at ``path`` keeping the compiler context (for locations and warnings).
 
-    Returns (policy, context). Raises PolicyError with every diagnostic when the policy is invalid.
+    Returns (policy, context). Raises PolicyError with every diagnostic when the policy is invalid or
+    durable-rules cannot run it (``validation.engine_limit_diagnostics``).
     """
     from ..policy import CompileContext, PolicyError, run_stages
     from ..policy.compiler import read_policy_files
+    from .validation import engine_limit_diagnostics
 
     files, root, origin, reader = read_policy_files(path)
     ctx = run_stages(CompileContext(dict(files), root, origin, reader))
     if ctx.has_errors or ctx.policy is None:
         raise PolicyError(ctx.diags)
+    limits = engine_limit_diagnostics(ctx.policy)
+    if limits:
+        raise PolicyError(ctx.diags + limits)
     return ctx.policy, ctx
 
 
-def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64, memory: bool = True) -> CheckReport:
+def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64, memory: bool = True,
+                 properties: int = 0) -> CheckReport:
     """Run every check on the policy at ``path`` and return the report (diagnostics sorted by location).
 
     ``lock_path`` overrides the versions.lock search; ``memory=False`` skips the checks that need the
-    memory model (fit dominance, never-fits, gap confirmation). Raises PolicyError for an invalid
-    policy and DiagnosticError for a malformed lock file.
+    memory model (fit dominance, never-fits, gap confirmation); ``properties`` > 0 also searches the
+    policy properties (``properties.py``) with that many generated fact sets each. Raises PolicyError
+    for an invalid policy, DiagnosticError for a malformed lock file and ImportError when
+    ``properties`` is asked for without hypothesis installed.
     """
-    from .versions import find_lock, lock_diagnostics, read_lock
+    from .versions import find_lock
 
     t0 = time.perf_counter()
     policy, cctx = compile_for_check(path)
@@ -529,18 +674,24 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
     c.diags.extend(d for d in cctx.diags if d.severity != "error")
     timings: dict[str, float] = {}
     steps = [("never-holds", _never_holds), ("advise-reachability", _reachability), ("shadowing", _shadowing),
-             ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("use-case-table", _use_case_table),
-             ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path)))]
+             ("overlap", _overlaps), ("gaps", _gaps), ("never-fits", _never_fits), ("fit-gaps", _fit_gaps),
+             ("use-case-table", _use_case_table),
+             ("unused", lambda ctx: _unused_names(ctx, _case_gpus(path, policy.gpu_names())))]
+    if properties:
+        steps.append(("properties", lambda ctx: _properties(ctx, properties)))
     for name, step in steps:
         t = time.perf_counter()
         step(c)
         timings[name] = round(time.perf_counter() - t, 4)
     lock_file = lock_path or (_display_path(str(p)) if (p := find_lock(path)) else None)
+    versions_how = "skipped: no versions.lock found"
     if lock_file:
-        from pathlib import Path
+        from .release import release_diagnostics
 
-        lock = read_lock(lock_file) if Path(lock_file).exists() else {}
-        c.diags.extend(lock_diagnostics(policy, lock, lock_file, cctx.loc(("version",))))
+        t = time.perf_counter()
+        version_diags, versions_how = release_diagnostics(policy, lock_file, cctx.loc(("version",)))
+        c.diags.extend(version_diags)
+        timings["versions"] = round(time.perf_counter() - t, 4)
     dominance = ("sampled: estimates compared over models 0.5B-70B x GPU counts 1-8 x bf16 in the overlap"
                  if probe else skipped)
     fits = (f"sampled: smallest model the conditions allow, every catalog GPU, 1-{max_gpus} GPUs, default and "
@@ -549,8 +700,15 @@ def check_policy(path: str, *, lock_path: str | None = None, max_gpus: int = 64,
         "never-holds": "exact", "advise-reachability": "exact", "overlap": "exact", "use-case-table": "exact",
         "unused": "exact", "gaps": "exact" + ("; examples confirmed by evaluating the policy" if probe else ""),
         "shadowing": "exact for equal verdicts; fit dominance " + dominance,
-        "never-fits": fits, "versions": "exact" if lock_file else "skipped: no versions.lock found",
+        "never-fits": fits,
+        "fit-gaps": (f"sampled: {c.fit_gap_grid:,} fact sets (models 0.5B-70B and model boundaries x every GPU "
+                     f"class x {'/'.join(map(str, FIT_GAP_COUNTS))} GPUs x every use case x every condition cell); "
+                     "examples confirmed by evaluating the policy" if probe else skipped),
+        "versions": versions_how,
     }
+    if properties:
+        provenance["properties"] = (f"searched: {properties} generated fact sets per property (hypothesis, shrunk "
+                                    "counterexamples); rows-reachable over the grid")
     if analysis.space.opaque_rules:
         provenance["fact-vs-fact"] = ("rules " + ", ".join(sorted(analysis.space.opaque_rules)) +
                                       " compare two facts: their regions are over/under-approximated")

@@ -1,4 +1,9 @@
-"""`decide test`: run a policy's cases, report failures as field tables, and measure rule coverage.
+"""`decide test`: run a policy's cases, report failures as field tables, and measure coverage.
+
+Coverage counts rules, use-case rows and GPU entries: a row is covered when some case decides for
+its use case, a GPU entry when some case runs on it (names and aliases alike). ``coverage`` is the
+share of all three that the cases reach; ``--min-coverage`` applies to it. ``--mutants`` adds the
+mutation adequacy of the cases (``mutants.py``).
 
 Rule coverage: a select rule is *exercised* when some case chose it; an advise rule when some
 case matched it. Rules that can never apply, proven exactly by the box analysis (conditions that
@@ -20,7 +25,7 @@ from typing import Any
 from ..diagnostics import Diagnostic, DiagnosticError
 from .analysis import advise_reachable, analyse
 from .intervals import referenced_dims, universe
-from .testing import CaseResult, load_cases, run_case, test_files, validate_cases
+from .testing import CaseResult, load_cases, load_gates, run_case, test_files, validate_cases
 
 
 @dataclass
@@ -50,6 +55,10 @@ class PolicyTestReport:
     files: list[str]
     results: list[CaseResult] = field(default_factory=list)
     rules: list[RuleCoverage] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # use case -> cases deciding for it
+    gpus: dict[str, int] = field(default_factory=dict)  # catalog GPU -> cases running on it
+    gates: dict[str, float] = field(default_factory=dict)  # declared in the case files
+    mutation: Any = None  # a mutants.MutationReport when --mutants ran
     seconds: float = 0.0
 
     @property
@@ -69,6 +78,19 @@ class PolicyTestReport:
         if not counted:
             return 100.0
         return 100.0 * sum(1 for r in counted if r.exercised) / len(counted)
+
+    def coverage_counts(self) -> tuple[int, int]:
+        """Return (covered, countable) over countable rules, use-case rows and GPU entries."""
+        counted = self.counted
+        covered = (sum(1 for r in counted if r.exercised) + sum(1 for n in self.rows.values() if n)
+                   + sum(1 for n in self.gpus.values() if n))
+        return covered, len(counted) + len(self.rows) + len(self.gpus)
+
+    @property
+    def coverage(self) -> float:
+        """Return the percentage of rules, use-case rows and GPU entries the cases reach (100 when none)."""
+        covered, total = self.coverage_counts()
+        return 100.0 * covered / total if total else 100.0
 
     def outcome_counts(self) -> tuple[int, int]:
         """Return (outcomes seen, outcomes possible) over the countable rules."""
@@ -95,9 +117,12 @@ class PolicyTestReport:
             "failed": len(self.failures),
             "failures": [{"file": r.case.file, "line": r.case.location.line, "note": r.case.note,
                           "mismatches": r.mismatches, "error": r.error} for r in self.failures],
-            "coverage": {"rules_percent": round(self.rule_coverage, 2), "outcomes_percent": round(self.outcome_coverage, 2),
+            "coverage": {"percent": round(self.coverage, 2), "rules_percent": round(self.rule_coverage, 2),
+                         "outcomes_percent": round(self.outcome_coverage, 2),
                          "outcomes_seen": seen, "outcomes_possible": possible,
-                         "rules": [r.to_dict() for r in self.rules]},
+                         "rules": [r.to_dict() for r in self.rules], "use_cases": self.rows, "gpus": self.gpus},
+            "gates": self.gates,
+            "mutation": self.mutation.to_dict() if self.mutation is not None else None,
             "seconds": round(self.seconds, 3),
         }
 
@@ -122,35 +147,48 @@ def _static(policy: Any) -> dict[str, RuleCoverage]:
     return out
 
 
-def run_policy_tests(policy_path: str) -> PolicyTestReport:
-    """Run every case file beside the policy at ``policy_path`` and measure coverage.
+def run_policy_tests(policy_path: str, mutants: bool = False) -> PolicyTestReport:
+    """Run every case file beside the policy at ``policy_path`` and measure coverage (and, with ``mutants``,
+    the mutation adequacy of the cases).
 
     Raises PolicyError (exit 3) for an invalid policy and DiagnosticError (exit 2) for malformed
-    case files or cases that do not fit the policy (bad facts, unknown rule ids or codes).
+    case files or cases that do not fit the policy (bad facts, unknown rule ids or codes, bad gates).
     """
     from ..policy import load_policy
+    from .validation import require_runnable
 
     t0 = time.perf_counter()
     policy = load_policy(policy_path)
+    require_runnable(policy)
     files = test_files(policy_path)
     cases = []
+    gates: dict[str, float] = {}
     diags: list[Diagnostic] = []
     for f in files:
         try:
             cases.extend(load_cases(f))
+            gates.update(load_gates(f))
         except DiagnosticError as exc:
             diags.extend(exc.diagnostics)
     if not diags:
         diags.extend(validate_cases(cases, policy))
     if diags:
         raise DiagnosticError(diags)
-    report = PolicyTestReport(policy, str(policy_path), files)
+    report = PolicyTestReport(policy, str(policy_path), files, gates=gates)
+    report.rows = {uc: 0 for uc in policy.use_cases}
+    report.gpus = {g: 0 for g in policy.gpus}
     coverage = _static(policy)
     for case in cases:
         result = run_case(policy, case)
         report.results.append(result)
         if result.decision is None:
             continue
+        normalized = result.decision["facts"]["normalized"]
+        use_case, gpu = normalized["task"].get("use_case"), normalized["hardware"].get("gpu")
+        if use_case in report.rows:
+            report.rows[use_case] += 1
+        if gpu in report.gpus:
+            report.gpus[gpu] += 1
         for event in result.decision["trace"]:
             if event.get("event") != "rule" or event["rule"] not in coverage:
                 continue
@@ -163,6 +201,10 @@ def run_policy_tests(policy_path: str) -> PolicyTestReport:
             if (event["kind"] == "select" and event.get("chosen")) or (event["kind"] == "advise" and event["matched"]):
                 rc.exercised += 1
     report.rules = [coverage[r.id] for r in policy.rules]
+    if mutants and not report.failures:
+        from .mutants import run_mutants
+
+        report.mutation = run_mutants(policy, cases)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -225,4 +267,38 @@ def render_report_text(report: PolicyTestReport, verbose: bool = False) -> str:
         lines.append("  never seen true: " + ", ".join(only_false))
     if always and verbose:
         lines.append("  always true (no false outcome): " + ", ".join(always))
+    rows = sum(1 for n in report.rows.values() if n)
+    gpus = sum(1 for n in report.gpus.values() if n)
+    lines.append(f"table coverage: {rows}/{len(report.rows)} use-case rows and {gpus}/{len(report.gpus)} GPU entries "
+                 "decided on by a case")
+    for what, table in (("use-case rows", report.rows), ("GPU entries", report.gpus)):
+        missing = [k for k, n in table.items() if not n]
+        if missing:
+            lines.append(f"  {what} without a case: " + ", ".join(missing))
+    covered, total = report.coverage_counts()
+    lines.append(f"coverage: {covered}/{total} rules, use-case rows and GPU entries ({report.coverage:.1f}%)")
+    if report.mutation is not None:
+        lines.extend(render_mutation_text(report.mutation, verbose))
+    elif report.failures and report.gates.get("min_mutation_score") is not None:
+        lines.append("mutation: not run while cases fail")
     return "\n".join(lines)
+
+
+def render_mutation_text(m: Any, verbose: bool = False) -> list[str]:
+    """Return the mutation section: the score, then each surviving mutant with a case that would kill it."""
+    lines = [f"mutation: {len(m.results)} mutants, {m.killed} killed, {m.equivalent} equivalent (no fact set of the "
+             f"grid tells them apart), {len(m.survivors)} survived: score {m.score:.1f}%"]
+    by_kind: dict[str, list[int]] = {}
+    for r in m.results:
+        counts = by_kind.setdefault(r.mutant.kind, [0, 0])
+        counts[0] += 1
+        counts[1] += 1 if r.killed_by else 0
+    lines.append("  by kind: " + ", ".join(f"{k} {v[1]}/{v[0]}" for k, v in sorted(by_kind.items())))
+    for r in m.survivors:
+        lines.append(f"SURVIVED {r.mutant.location}: {r.mutant.description}")
+        if r.suggestion:
+            lines.append("  no case tells them apart; this one would (add it to a case file):")
+            lines.extend("    " + line for line in r.suggestion["text"].splitlines())
+    if verbose:
+        lines.extend(f"  equivalent: {r.mutant.description}" for r in m.results if r.equivalent)
+    return lines

@@ -36,10 +36,11 @@ def vocabulary_table() -> str:
                                 ("Verdict facts", VERDICT, "advise rules only")):
         lines.append(f"**{title}** ({where}):")
         lines.append("")
-        lines.append("| fact | type | values | meaning |")
-        lines.append("|---|---|---|---|")
+        lines.append("| fact | type | unit | values | meaning |")
+        lines.append("|---|---|---|---|---|")
         for name, ft in table.items():
-            lines.append(f"| `{name}` | {ft.kind} | {_values(ft)} | {ft.description} |")
+            unit = f"`{ft.unit}`" if ft.unit else ""
+            lines.append(f"| `{name}` | {ft.kind} | {unit} | {_values(ft)} | {ft.description} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

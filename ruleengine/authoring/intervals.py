@@ -362,16 +362,24 @@ class Space:
 
     def meet(self, a: Box, b: Box) -> Box | None:
         """Return the intersection of two boxes, or None when it is empty."""
+        if len(a) < len(b):
+            a, b = b, a
         out = dict(a)
+        changed = False
         for name, c in b:
-            if name in out:
-                m = self.dims[name].meet(out[name], c)
-                if self.dims[name].is_empty(m):
-                    return None
-                out[name] = m
-            else:
+            cur = out.get(name)
+            if cur is None:
                 out[name] = c
-        return _mk(out)
+                changed = True
+            elif cur != c:
+                d = self.dims[name]
+                m = d.meet(cur, c)
+                if d.is_empty(m):
+                    return None
+                if m != cur:
+                    out[name] = m
+                    changed = True
+        return _mk(out) if changed else a
 
     def meet_all(self, xs: list[Box], ys: list[Box]) -> list[Box]:
         """Return the pairwise intersections of two box lists (empty ones dropped)."""

@@ -22,6 +22,7 @@ from ..yamlsafe import LocatedDoc, load_yaml_file
 
 EXPECT_KEYS = ("feasible", "method", "rank", "target_modules", "rule", "matched_rules", "warnings", "notes",
                "not_warnings", "not_notes")
+GATE_KEYS = ("min_coverage", "min_mutation_score")
 ENGINE_NOTE_CODES = ("verdict-adjusted", "facts-adjusted")  # notes the engine adds besides the rules'
 
 
@@ -87,20 +88,48 @@ def test_files(policy_path: str | os.PathLike) -> list[str]:
 test_files.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite the name
 
 
+def load_gates(path: str) -> dict[str, float]:
+    """Return the ``gates:`` a case file declares (``min_coverage``, ``min_mutation_score``, percent).
+
+    Raises DiagnosticError (located) for a malformed file or gate.
+    """
+    doc = load_yaml_file(path)
+    data = doc.data if isinstance(doc.data, dict) else {}
+    gates = data.get("gates") or {}
+    diags = []
+    if not isinstance(gates, dict):
+        raise DiagnosticError([Diagnostic("test-bad-gates", "`gates:` must be a mapping", doc.loc(("gates",)),
+                                          "write gates: {min_coverage: 100, min_mutation_score: 90}")])
+    out: dict[str, float] = {}
+    for key, value in gates.items():
+        if key not in GATE_KEYS:
+            diags.append(Diagnostic("test-unknown-gate", f"unknown gate `{key}`", doc.loc(("gates", key), True),
+                                    did_you_mean(str(key), GATE_KEYS)))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            diags.append(Diagnostic("test-bad-gates", f"`{key}` must be a percentage (0-100)",
+                                    doc.loc(("gates", key)), f"write {key}: 90"))
+        else:
+            out[key] = float(value)
+    if diags:
+        raise DiagnosticError(diags)
+    return out
+
+
 def load_cases(path: str) -> list[Case]:
     """Load the cases of one file; raises DiagnosticError (file:line:col) for a malformed file."""
     doc = load_yaml_file(path)
     data = doc.data
     diags: list[Diagnostic] = []
-    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise DiagnosticError([Diagnostic("test-bad-file", "a test file must hold `cases:`, a list",
-                                          Location(path, 1, 1), "see docs/policy-authoring.md")])
+    if not isinstance(data, dict) or not isinstance(data.get("cases", []), list) or not (
+            "cases" in data or "gates" in data):
+        raise DiagnosticError([Diagnostic("test-bad-file", "a test file must hold `cases:`, a list (and may "
+                                          "declare `gates:`)", Location(path, 1, 1), "see docs/policy-authoring.md")])
     for key in data:
-        if key != "cases":
+        if key not in ("cases", "gates"):
             diags.append(Diagnostic("test-unknown-key", f"unknown key `{key}` in a test file", doc.loc((key,), True),
-                                    "a test file holds only `cases:`"))
+                                    "a test file holds `cases:` and may declare `gates:`"))
     cases: list[Case] = []
-    for i, raw in enumerate(data["cases"]):
+    for i, raw in enumerate(data.get("cases") or []):
         loc = doc.loc(("cases", i))
         if not isinstance(raw, dict) or not isinstance(raw.get("facts"), dict) or not isinstance(raw.get("expect"), dict):
             diags.append(Diagnostic("test-bad-case", "a case needs `facts:` and `expect:` mappings", loc,

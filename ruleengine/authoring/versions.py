@@ -166,3 +166,198 @@ def update_lock(policy: Any, lock_path: str | os.PathLike) -> tuple[bool, list[D
     entries.setdefault(policy.name, {})[policy.version] = policy.semantic_sha256
     write_lock(path, entries)
     return True, []
+
+
+# --- the bump a change needs ----------------------------------------------------------------------
+
+BUMPS = ("none", "patch", "minor", "major")
+DEFAULT_MAJOR_FLIP_PERCENT = 10.0
+RELEASES_DIR = "releases"
+CHANGELOG_NAME = "CHANGELOG.md"
+
+
+def version_bump(old: str, new: str) -> str:
+    """Return the bump from version ``old`` to ``new``: none, patch, minor, major, or "down".
+
+    Raises ValueError when either is not a semantic version. A pre-release counts as the bump of its
+    release (``1.1.0`` -> ``1.2.0-rc.1`` is minor).
+    """
+    a, b = parse_version(old), parse_version(new)
+    if b < a:
+        return "down"
+    if b[0] != a[0]:
+        return "major"
+    if b[1] != a[1]:
+        return "minor"
+    if b[2] != a[2] or b != a:
+        return "patch"
+    return "none"
+
+
+def _verdict_data(policy: Any) -> dict:
+    """Return what can change a verdict: the semantic data without texts, advice, advise rules and the properties
+    rules waive (which change what `check --properties` accepts, not what is decided)."""
+    from ..conditions import comparisons
+    from ..policy.quantities import ENGINE_THRESHOLD_UNITS
+
+    data = policy.semantic_data()
+    data["rules"] = [{k: v for k, v in r.items() if k not in ("rationale", "source", "warn", "note", "waives")}
+                     for r in data["rules"] if r.get("kind") != "advise"]
+    selecting = {cmp.threshold for r in policy.select_rules for cmp in comparisons(r.when) if cmp.threshold}
+    data["thresholds"] = {k: v for k, v in (data.get("thresholds") or {}).items()
+                          if k in selecting or k in ENGINE_THRESHOLD_UNITS}
+    data["use_cases"] = {k: {f: v for f, v in row.items() if f not in ("label", "notes", "source")}
+                         for k, row in (data.get("use_cases") or {}).items()}
+    data["gpus"] = {k: {f: v for f, v in (entry or {}).items() if f not in ("label", "source")}
+                    for k, entry in (data.get("gpus") or {}).items()}
+    defaults = dict(data.get("defaults") or {})
+    defaults["methods"] = {m: {k: v for k, v in (spec or {}).items() if k != "why_not"}
+                           for m, spec in (defaults.get("methods") or {}).items()}
+    data["defaults"] = defaults
+    return data
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for k, v in (d or {}).items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flat_keys(v, name + ".")
+        else:
+            out.add(name)
+    return out
+
+
+def required_bump(old: Any, new: Any, impact: Any | None) -> tuple[str, list[str]]:
+    """Return the smallest bump the change ``old`` -> ``new`` needs, and why (docs/policy-language.md §11).
+
+    major: a use case, GPU (or alias), threshold or defaulted fact removed, a new language, or verdict
+    flips inside the old policy's domain above ``settings.major_flip_percent`` of it (default 10);
+    minor: any other verdict flip, or any change that can alter a verdict (rules, thresholds, rows,
+    GPUs, defaults, memory and cost constants, settings); patch: texts and advice only; none: the same
+    meaning. ``impact`` is ``diff.semantic_impact(old, new)`` (None when not computed).
+    """
+    reasons: list[str] = []
+    removed = [("use case", sorted(set(old.use_cases) - set(new.use_cases))),
+               ("GPU", sorted(set(old.gpu_names()) - set(new.gpu_names()))),
+               ("threshold", sorted(set(old.thresholds) - set(new.thresholds))),
+               ("default fact", sorted(_flat_keys((old.defaults or {}).get("facts") or {})
+                                       - _flat_keys((new.defaults or {}).get("facts") or {})))]
+    for what, names in removed:
+        if names:
+            reasons.append(f"{what}{'s' if len(names) > 1 else ''} removed: " + ", ".join(f"`{n}`" for n in names))
+    if old.language != new.language:
+        reasons.append(f"language {old.language} -> {new.language}")
+    tolerance = float(new.settings.get("major_flip_percent", DEFAULT_MAJOR_FLIP_PERCENT))
+    if impact is not None and impact.domain_flips and impact.domain_flip_percent > tolerance:
+        reasons.append(f"{impact.domain_flip_percent:.2f}% of the old policy's fact sets change verdict "
+                       f"(more than settings.major_flip_percent = {tolerance:g}%)")
+    if reasons:
+        return "major", reasons
+    if impact is not None and impact.verdict_flips:
+        reasons.append(f"{impact.verdict_flips:,} fact sets change verdict")
+    added = [("use case", sorted(set(new.use_cases) - set(old.use_cases))),
+             ("GPU", sorted(set(new.gpus) - set(old.gpus))),
+             ("rule", sorted({r.id for r in new.select_rules} - {r.id for r in old.select_rules}))]
+    for what, names in added:
+        if names:
+            reasons.append(f"{what}{'s' if len(names) > 1 else ''} added: " + ", ".join(f"`{n}`" for n in names))
+    if not reasons and _verdict_data(old) != _verdict_data(new):
+        reasons.append("rules, thresholds, tables, defaults or constants that can alter a verdict changed")
+    if reasons:
+        return "minor", reasons
+    if old.semantic_sha256 != new.semantic_sha256:
+        return "patch", ["texts or advice changed"]
+    return "none", []
+
+
+def bump_diagnostics(old: Any, new: Any, impact: Any | None, loc: Location) -> list[Diagnostic]:
+    """Return the version errors of ``old`` -> ``new``: a version that goes down, or a bump below the one needed.
+
+    ``version-regressed`` (error), ``version-not-bumped`` (error: the meaning changed, the version did
+    not), ``version-bump-too-small`` (error: e.g. a patch bump for a change that flips verdicts).
+    """
+    try:
+        actual = version_bump(old.version, new.version)
+    except ValueError:
+        return []
+    if actual == "down":
+        return [Diagnostic("version-regressed", f"version goes down: {old.version} -> {new.version}", loc,
+                           "versions only go up", "error")]
+    needed, reasons = required_bump(old, new, impact)
+    if BUMPS.index(actual) >= BUMPS.index(needed):
+        return []
+    why = "; ".join(reasons)
+    if actual == "none":
+        return [Diagnostic("version-not-bumped", f"the policy changed but its version is still {new.version}: {why}",
+                           loc, f"bump `version` to {next_version(old.version, needed)} (a {needed.upper()} change), "
+                           "add a CHANGELOG entry and run `decide check --update-lock`", "error")]
+    return [Diagnostic("version-bump-too-small", f"{old.version} -> {new.version} is a {actual.upper()} bump but the "
+                       f"change needs {needed.upper()}: {why}", loc,
+                       f"use version {next_version(old.version, needed)} (docs/policy-language.md §11)", "error")]
+
+
+def next_version(version: str, bump: str) -> str:
+    """Return ``version`` bumped by ``bump`` (patch, minor or major); the input when it is not a version."""
+    try:
+        major, minor, patch = (int(x) for x in version.split("-")[0].split("."))
+    except ValueError:
+        return version
+    if bump == "major":
+        return f"{major + 1}.0.0"
+    if bump == "minor":
+        return f"{major}.{minor + 1}.0"
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def release_path(lock_path: str | os.PathLike, name: str, version: str) -> Path:
+    """Return where the snapshot of released ``name`` ``version`` lives: ``releases/<name>/<version>.yaml``."""
+    return Path(lock_path).parent / RELEASES_DIR / name / f"{version}.yaml"
+
+
+def write_release(policy: Any, lock_path: str | os.PathLike) -> Path:
+    """Write the policy as one self-contained YAML file beside the lock (the released version's snapshot)."""
+    path = release_path(lock_path, policy.name, policy.version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = os.path.relpath(Path(__file__).resolve().parents[2] / "schemas" / "policy-file.schema.json", path.parent)
+    header = (f"# yaml-language-server: $schema={Path(schema).as_posix()}\n"
+              f"# Snapshot of {policy.name} {policy.version} as released (semantic hash {policy.semantic_sha256}),\n"
+              "# written by `decide check --update-lock`; `decide check` diffs the next version against it.\n")
+    path.write_text(header + yaml.safe_dump(policy.dump_data(), sort_keys=False, allow_unicode=True, width=100),
+                    encoding="utf-8")
+    return path
+
+
+def previous_version(lock: dict[str, dict[str, str]], name: str, version: str) -> str | None:
+    """Return the highest version of ``name`` in the lock below ``version`` (None when there is none)."""
+    try:
+        mine = parse_version(version)
+    except ValueError:
+        return None
+    below = [v for v in lock.get(name, {}) if _version_sort(v) < (0,) + mine]
+    return max(below, key=_version_sort) if below else None
+
+
+def changelog_diagnostics(policy: Any, lock_path: str | os.PathLike, version_loc: Location) -> list[Diagnostic]:
+    """Return ``changelog-missing-entry`` (error) when CHANGELOG.md beside the lock has no section for this version.
+
+    A section is a Markdown heading naming the policy and the version, e.g. ``## default 1.2.0``.
+    """
+    path = Path(lock_path).parent / CHANGELOG_NAME
+    shown = _display(path)
+    help_text = f"add a section `## {policy.name} {policy.version}` to {shown} saying what changed and why"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return [Diagnostic("changelog-missing-entry", f"{shown} does not exist (every locked version needs an entry)",
+                           version_loc, help_text, "error")]
+    pattern = re.compile(rf"^#{{1,6}}\s+{re.escape(policy.name)}\s+v?{re.escape(policy.version)}(\s|$)", re.M)
+    if pattern.search(text):
+        return []
+    return [Diagnostic("changelog-missing-entry", f"{shown} has no entry for {policy.name} {policy.version}",
+                       version_loc, help_text, "error")]
+
+
+def _display(path: Path) -> str:
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel

@@ -18,6 +18,7 @@ LAZY_COMMANDS = {
     "check": "ruleengine.cli.policy:check_command",
     "diff": "ruleengine.cli.policy:diff_command",
     "map": "ruleengine.cli.policy:map_command",
+    "fmt": "ruleengine.cli.policy:fmt_command",
     "serve": "ruleengine.cli.serve:serve_command",
     "audit": "ruleengine.cli.audit:audit_group",
     "plan": "ruleengine.cli.train:plan_command",

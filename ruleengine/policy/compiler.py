@@ -1,8 +1,10 @@
 """The policy compiler: a table of named stages (load -> schema -> resolve -> check -> compile).
 
-Each stage reads and extends a ``CompileContext`` and appends diagnostics; the pipeline stops
-after the first stage that found errors, since later stages rely on earlier ones. Every stage
-can be run alone in tests through ``run_stages(ctx, until=...)``.
+Each stage reads and extends a ``CompileContext`` and appends diagnostics. Errors of one phase do
+not hide the next phase's: after schema errors the parts that hold them are pruned
+(``shape.prune``) and resolve and check run on the rest, so one run reports every error that can be
+found; only a file that cannot be read at all (load) stops the pipeline, and nothing is compiled
+while there are errors. Every stage can be run alone in tests through ``run_stages(ctx, until=...)``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ..schema_check import validate
 from ..vocabulary import LLAMA_MODULES, METHODS, RANKED_METHODS, TARGET_PRESETS, FactType, vocabulary
 from ..yamlsafe import LocatedDoc, load_yaml_text
 from .model import Policy, Rule, gpu_names
+from .quantities import check_threshold_units, literal, parse_catalog, resolve_thresholds
+from .shape import hide_deep, prune, structure_errors
 
 SECTIONS = ("language", "name", "version", "owner", "description", "include", "settings", "memory", "cost",
             "gpus", "thresholds", "defaults", "use_cases", "rules")
@@ -47,6 +51,9 @@ class CompileContext:
     diags: list[Diagnostic] = field(default_factory=list)
     conditions: dict[str, Condition] = field(default_factory=dict)  # rule id -> resolved condition
     thresholds: dict[str, float] = field(default_factory=dict)
+    threshold_units: dict[str, str | None] = field(default_factory=dict)  # declared (or inferred) units
+    threshold_uses: dict[str, list[tuple[str, tuple]]] = field(default_factory=dict)  # name -> (fact, path)
+    invalid: dict[str, set] = field(default_factory=dict)  # section -> names pruned after schema errors
     policy: Policy | None = None
 
     def loc(self, path: tuple, key: bool = False) -> Location:
@@ -150,17 +157,30 @@ def stage_load(ctx: CompileContext) -> None:
 # --- stage 2: schema ----------------------------------------------------------------------
 
 def stage_schema(ctx: CompileContext) -> None:
-    """Validate the merged document against schemas/policy.schema.json (+ memory/cost schemas)."""
-    ctx.diags.extend(validate(ctx.data, load_schema("policy.schema.json"), ctx.loc, "schema"))
+    """Check the structure (nesting, finite numbers within +-2**53), then validate the merged document against
+    schemas/policy.schema.json (+ memory/cost schemas); prune the parts with errors for the later stages."""
+    deep, numbers = structure_errors(ctx)
+    hidden = hide_deep(ctx, deep) if deep else set()
+    paths: list[tuple] = []
+
+    def locate(path: tuple, key: bool = False) -> Location:
+        paths.append(tuple(path))
+        return ctx.loc(path, key)
+
+    found = validate(ctx.data, load_schema("policy.schema.json"), locate, "schema")
     for section, schema_name in (("memory", "memory.schema.json"), ("cost", "cost.schema.json")):
         if section in ctx.data:
-            ctx.diags.extend(validate(ctx.data[section], load_schema(schema_name), ctx.loc, "schema",
-                                      path_prefix=(section,)))
+            found += validate(ctx.data[section], load_schema(schema_name), locate, "schema", path_prefix=(section,))
+    # one diagnostic per bad number: the structural one says more than the schema's
+    ctx.diags.extend(d for d, path in zip(found, paths, strict=True)
+                     if not any(path[:len(n)] == n for n in numbers | hidden))
     language = ctx.data.get("language")
     if isinstance(language, str) and language not in SUPPORTED_LANGUAGES:
         ctx.diags = [d for d in ctx.diags if d.path != "language"]
         ctx.error("policy-language", f"unsupported policy language `{language}`", ("language",),
                   "this engine reads " + ", ".join(SUPPORTED_LANGUAGES))
+    if paths or numbers or hidden:
+        prune(ctx, set(paths) | numbers | hidden)
 
 
 # --- stage 3: resolve ---------------------------------------------------------------------
@@ -172,11 +192,14 @@ def _enum_values(ft: FactType, ctx: CompileContext) -> tuple[str, ...]:
 
 
 def stage_resolve(ctx: CompileContext) -> None:
-    """Resolve names: thresholds, fact paths, enum literals; build each rule's condition AST."""
-    for name, raw in (ctx.data.get("thresholds") or {}).items():
-        ctx.thresholds[name] = float(raw["value"] if isinstance(raw, dict) else raw)
+    """Resolve names and numbers: thresholds (with units), the GPU catalog, fact paths, enum literals; build each
+    rule's condition AST; check every threshold's unit against the facts it is compared with."""
+    resolve_thresholds(ctx)
+    parse_catalog(ctx)
     seen_ids: dict[str, tuple] = {}
     for i, rule in enumerate(ctx.data.get("rules") or []):
+        if rule is None:  # pruned after a schema error
+            continue
         rid = rule["id"]
         if rid in seen_ids:
             first = ctx.loc(seen_ids[rid])
@@ -188,6 +211,7 @@ def stage_resolve(ctx: CompileContext) -> None:
         vocab = vocabulary(kind)
         when = rule.get("when", [])
         ctx.conditions[rid] = _parse(ctx, when, ("rules", i, "when"), vocab, kind)
+    check_threshold_units(ctx, ctx.threshold_uses)
 
 
 def _parse(ctx: CompileContext, data: Any, path: tuple, vocab: dict[str, FactType], kind: str) -> Condition:
@@ -228,6 +252,7 @@ def _parse_cmp(ctx: CompileContext, data: dict, path: tuple, vocab: dict[str, Fa
                       did_you_mean(threshold, ctx.thresholds))
             return Cmp(fact, op, 0, threshold, path=_path_str(path), location=loc)
         value = ctx.thresholds[threshold]
+        ctx.threshold_uses.setdefault(threshold, []).append((fact, path))
         if not ft.numeric:
             ctx.error("rule-type-mismatch", f"`{fact}` is {ft.kind}; a threshold is a number", path + ("value",),
                       "compare it with a literal of its kind")
@@ -242,31 +267,32 @@ def _parse_cmp(ctx: CompileContext, data: dict, path: tuple, vocab: dict[str, Fa
         if op in ("in", "not_in"):
             ctx.error("rule-bad-operator", f"`{op}` needs a list of values, not a fact", path + ("op",))
     else:
-        _check_literal(ctx, fact, ft, op, raw, path)
-        if isinstance(raw, list):
-            value = tuple(raw)
+        value = _check_literal(ctx, fact, ft, op, raw, path)
     if ft.kind in ("bool", "enum") and op in ("<", "<=", ">", ">="):
         ctx.error("rule-bad-operator", f"`{op}` is not defined for {ft.kind} fact `{fact}`", path + ("op",),
                   "use ==, !=, in or not_in")
     return Cmp(fact, op, value, threshold, other, _path_str(path), loc)
 
 
-def _check_literal(ctx: CompileContext, fact: str, ft: FactType, op: str, raw: Any, path: tuple) -> None:
+def _check_literal(ctx: CompileContext, fact: str, ft: FactType, op: str, raw: Any, path: tuple) -> Any:
+    """Check a literal of a comparison and return it as the evaluator compares it (human forms parsed,
+    lists as tuples)."""
     if op in ("in", "not_in"):
         if not isinstance(raw, list):
             ctx.error("rule-bad-value", f"`{op}` needs a list of values", path + ("value",), "write [a, b]")
-            return
+            return raw
         items = raw
     else:
         if isinstance(raw, list):
             ctx.error("rule-bad-value", f"`{op}` compares with one value, not a list", path + ("value",),
                       "use `in` for membership")
-            return
+            return tuple(raw)
         items = [raw]
+    out = []
     for j, item in enumerate(items):
         vpath = path + (("value", j) if op in ("in", "not_in") else ("value",))
-        if ft.numeric and (isinstance(item, bool) or not isinstance(item, (int, float))):
-            ctx.error("rule-type-mismatch", f"`{fact}` is a number; {item!r} is not", vpath)
+        if ft.numeric:
+            item = literal(ctx, fact, ft, item, vpath)
         elif ft.kind == "bool" and not isinstance(item, bool):
             ctx.error("rule-type-mismatch", f"`{fact}` is true/false; {item!r} is not", vpath)
         elif ft.kind == "enum":
@@ -278,6 +304,8 @@ def _check_literal(ctx: CompileContext, fact: str, ft: FactType, op: str, raw: A
             elif not isinstance(item, str) or item not in allowed:
                 ctx.error("rule-unknown-value", f"{item!r} is not a value of `{fact}`", vpath,
                           did_you_mean(str(item), allowed))
+        out.append(item)
+    return tuple(out) if op in ("in", "not_in") else out[0]
 
 
 # --- stage 4: check -----------------------------------------------------------------------
@@ -287,7 +315,8 @@ def stage_check(ctx: CompileContext) -> None:
     settings = ctx.data.get("settings") or {}
     use_cases = ctx.data.get("use_cases") or {}
     for name, row in use_cases.items():
-        _check_verdict_fields(ctx, row, ("use_cases", name), settings)
+        if name not in ctx.invalid.get("use_cases", ()):
+            _check_verdict_fields(ctx, row, ("use_cases", name), settings)
     methods_defaults = (ctx.data.get("defaults") or {}).get("methods") or {}
     for method, spec in methods_defaults.items():
         _check_verdict_fields(ctx, {**spec, "method": method}, ("defaults", "methods", method), settings)
@@ -301,6 +330,8 @@ def stage_check(ctx: CompileContext) -> None:
                 ctx.error("defaults-unknown-fact", f"unknown fact `{group}.{key}`",
                           ("defaults", "facts", group, key), did_you_mean(f"{group}.{key}", known), key=True)
     for i, rule in enumerate(ctx.data.get("rules") or []):
+        if rule is None:
+            continue
         kind = rule.get("kind", "select")
         then = rule.get("then")
         path = ("rules", i)
@@ -398,15 +429,21 @@ def _check_template(ctx: CompileContext, message: str, path: tuple, kind: str) -
 # --- stage 5: compile ---------------------------------------------------------------------
 
 def stage_compile(ctx: CompileContext) -> None:
-    """Build the Policy: rules ordered by (priority, id) with their resolved conditions."""
+    """Build the Policy: rules ordered by (priority, id) with their resolved conditions (nothing when there are
+    errors)."""
+    if ctx.has_errors:
+        return
     data = ctx.data
     rules: list[Rule] = []
     for i, raw in enumerate(data.get("rules") or []):
+        if raw is None:
+            continue
         rules.append(Rule(
             id=raw["id"], kind=raw.get("kind", "select"), priority=raw["priority"],
             when=ctx.conditions[raw["id"]], then=dict(raw.get("then") or {}),
             warn=tuple(raw.get("warn") or ()), note=tuple(raw.get("note") or ()),
             rationale=raw["rationale"], source=raw.get("source", ""), location=ctx.loc(("rules", i)),
+            waives=tuple(raw.get("waives") or ()),
         ))
     rules.sort(key=lambda r: (r.kind != "select", r.priority, r.id))
     ordered: list[Rule] = []
@@ -441,13 +478,14 @@ STAGES: list[tuple[str, Callable[[CompileContext], None]]] = [
 ]
 
 
-# resolve and check find independent problems, so both run before the pipeline stops on errors
-_CONTINUE_ON_ERROR = {"resolve"}
+# schema, resolve and check find independent problems (the schema stage prunes what it rejects), so all
+# three run before the pipeline stops on errors; a document that cannot be loaded stops it at once
+_CONTINUE_ON_ERROR = {"schema", "resolve", "check"}
 
 
 def run_stages(ctx: CompileContext, until: str | None = None) -> CompileContext:
-    """Run the stages in order, stopping after a stage with errors (resolve's errors are reported
-    together with check's) or after the stage named ``until``."""
+    """Run the stages in order, stopping after load errors, or after the stage named ``until``; later stages
+    run on what the earlier ones accepted (compile only without errors)."""
     for name, stage in STAGES:
         stage(ctx)
         if name == until or (ctx.has_errors and name not in _CONTINUE_ON_ERROR):

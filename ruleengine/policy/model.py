@@ -11,6 +11,9 @@ from typing import Any
 from ..conditions import Condition, to_data
 from ..diagnostics import Location
 
+#: policy properties a rule may waive (``waives:``): where the rule is chosen, the property need not hold
+WAIVABLE_PROPERTIES = ("more-data-keeps-capacity",)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -27,6 +30,7 @@ class Rule:
     source: str
     location: Location
     order: int = 0  # position in (priority, id) order among rules of the same kind, 1-based
+    waives: tuple[str, ...] = ()  # WAIVABLE_PROPERTIES this rule is allowed to break (decide check --properties)
 
     def to_data(self) -> dict:
         """Return the rule as plain data (canonical form used for hashing and dumping)."""
@@ -34,6 +38,8 @@ class Rule:
                                 "when": to_data(self.when)}
         if self.then:
             data["then"] = self.then
+        if self.waives:
+            data["waives"] = list(self.waives)
         if self.warn:
             data["warn"] = list(self.warn)
         if self.note:
@@ -129,19 +135,24 @@ class Policy:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def dump_data(self) -> dict:
-        """Return the whole policy as one plain document (a single-file policy equivalent to this one)."""
+        """Return the whole policy as one plain document (a single-file policy equivalent to this one), its
+        sections in the canonical order of `decide fmt`."""
         data: dict[str, Any] = {"language": self.language, "name": self.name, "version": self.version}
         if self.owner:
             data["owner"] = self.owner
         if self.description:
             data["description"] = self.description
-        for key in ("settings", "memory", "cost", "gpus", "defaults", "use_cases"):
+        for key in ("settings", "memory", "cost", "gpus"):
             value = getattr(self, key)
             if value:
                 data[key] = value
         if self.thresholds:
             data["thresholds"] = {k: ({"value": v, **self.threshold_meta[k]} if self.threshold_meta.get(k) else v)
                                   for k, v in self.thresholds.items()}
+        for key in ("defaults", "use_cases"):
+            value = getattr(self, key)
+            if value:
+                data[key] = value
         data["rules"] = [r.to_data() for r in self.rules]
         return data
 

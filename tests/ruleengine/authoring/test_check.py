@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from ruleengine.authoring.check import check_policy
 from ruleengine.cli import main
 
-from .conftest import FIXTURES, REPO
+from .conftest import FIXTURES, MINI, REPO
 
 BROKEN = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir() and p.name.startswith("broken-"))
 # the code each fixture exists for, and the exit status of `decide check` on it
 EXPECTED = {
-    "broken-dead-advise": ("advise-never-matches", 0),
+    "broken-dead-advise": ("advise-never-matches", 5),
     "broken-gap": ("select-gap", 0),
     "broken-never-fits": ("rule-never-fits", 5),
     "broken-never-holds": ("rule-never-holds", 5),
@@ -37,10 +37,12 @@ def run(*args: str):
 
 
 def test_every_broken_fixture_is_listed():
-    assert sorted(EXPECTED) == BROKEN
+    from .test_fixtures import GOLDENS
+
+    assert sorted(set(EXPECTED) | set(GOLDENS)) == BROKEN
 
 
-@pytest.mark.parametrize("name", BROKEN)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_broken_policy_golden(name, monkeypatch, expected_file):
     """`decide check` on each broken fixture prints exactly its golden file (UPDATE_GOLDEN=1 rewrites)."""
     monkeypatch.chdir(REPO)
@@ -118,16 +120,22 @@ def test_check_json_format_and_update_lock(tmp_path, write_policy):
           when: []
           then: {use_case: true}
           rationale: fallback
-        """)
+        """, header=MINI.replace("gpus:", "settings: {major_flip_percent: 50}\ngpus:"))
     lock = tmp_path / "versions.lock"
+    changelog = tmp_path / "CHANGELOG.md"
     result = run("check", path, "--format", "json", "--lock", str(lock))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 5, result.output  # no CHANGELOG entry for mini 1.0.0
     data = json.loads(result.stdout)
-    assert data["ok"] is True and data["policies"][0]["policy"]["name"] == "mini"
+    assert data["ok"] is False and data["policies"][0]["policy"]["name"] == "mini"
+    assert [d["code"] for d in data["policies"][0]["diagnostics"] if d["severity"] == "error"] == [
+        "changelog-missing-entry"]
     assert {"error", "warning", "note"} == set(data["policies"][0]["counts"])
+    refused = run("check", path, "--update-lock", "--lock", str(lock))
+    assert refused.exit_code == 5 and "changelog-missing-entry" in refused.stdout and not lock.exists()
+    changelog.write_text("# Changelog\n\n## mini 1.0.0\n\nFirst release.\n", encoding="utf-8")
     result = run("check", path, "--update-lock", "--lock", str(lock))
     assert result.exit_code == 0 and "recorded mini 1.0.0" in result.stdout
-    assert "mini" in lock.read_text()
+    assert "mini" in lock.read_text() and (tmp_path / "releases" / "mini" / "1.0.0.yaml").is_file()
     # change the policy without a version bump: check and --update-lock both refuse
     policy_file = os.path.join(path, "policy.yaml")
     with open(policy_file, "a", encoding="utf-8") as fh:
@@ -141,10 +149,23 @@ def test_check_json_format_and_update_lock(tmp_path, write_policy):
     assert result.exit_code == 5 and "version-not-bumped" in result.stdout
     assert run("check", path, "--update-lock", "--lock", str(lock)).exit_code == 5
     target = Path(policy_file)
-    target.write_text(target.read_text(encoding="utf-8").replace("version: 1.0.0", "version: 1.1.0"), encoding="utf-8")
+    # a patch bump for a change that flips verdicts is too small, even with its CHANGELOG entry
+    target.write_text(target.read_text(encoding="utf-8").replace("version: 1.0.0", "version: 1.0.1"), encoding="utf-8")
+    with open(changelog, "a", encoding="utf-8") as fh:
+        fh.write("\n## mini 1.0.1\n\nFull FT on big data.\n")
+    result = run("check", path, "--lock", str(lock))
+    assert result.exit_code == 5 and "error[version-bump-too-small]" in result.stdout, result.output
+    assert "needs MINOR" in result.stdout and "1.1.0" in result.stdout
+    assert run("check", path, "--update-lock", "--lock", str(lock)).exit_code == 5
+    assert "1.0.1" not in lock.read_text()
+    target.write_text(target.read_text(encoding="utf-8").replace("version: 1.0.1", "version: 1.1.0"), encoding="utf-8")
+    result = run("check", path, "--update-lock", "--lock", str(lock))
+    assert result.exit_code == 5 and "no entry for mini 1.1.0" in result.stdout  # the CHANGELOG names 1.0.1
+    changelog.write_text(changelog.read_text(encoding="utf-8").replace("mini 1.0.1", "mini 1.1.0"), encoding="utf-8")
     result = run("check", path, "--update-lock", "--lock", str(lock))
     assert result.exit_code == 0, result.output
     assert "1.1.0" in lock.read_text() and "1.0.0" in lock.read_text()
+    assert (tmp_path / "releases" / "mini" / "1.1.0.yaml").is_file()
 
 
 def test_invalid_policy_exits_3_with_located_errors(monkeypatch):
@@ -181,3 +202,22 @@ def test_memory_probe_fits_exactly_when_the_engine_says_so():
                     spec = verdict_spec(policy, rule.then, "chat")
                     low = probe.min_estimate(spec, facts, count, policy.gpus[gpu]["bf16"])
                     assert (low <= derived.usable_gb) == derived.candidates[rule.id].fits, (params, gpu, count, rule.id)
+
+
+def test_a_bad_test_case_does_not_crash_check(tmp_path, write_policy):
+    """check reads the cases only for the GPUs they name: a malformed case is `decide test`'s to report."""
+    path = write_policy("""
+        - id: rest
+          priority: 90
+          when: []
+          then: {use_case: true}
+          rationale: fallback
+        """)
+    tests = tmp_path / "p" / "tests"
+    tests.mkdir()
+    (tests / "cases.yaml").write_text("cases:\n  - note: bad\n    facts: {hardware: [1, 2], model: 7}\n"
+                                      "    expect: {method: lora}\n", encoding="utf-8")
+    result = run("check", path)
+    assert result.exit_code == 0, result.output
+    tested = run("test", path)
+    assert tested.exit_code == 2 and "cases.yaml:3:" in tested.stderr

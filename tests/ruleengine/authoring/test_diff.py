@@ -17,7 +17,8 @@ from ruleengine.authoring.diff import (
     textual_changes,
     version_diagnostics,
 )
-from ruleengine.authoring.grid import GridEvaluator, build_grid, point_facts
+from ruleengine.authoring.grid import GridEvaluator, build_grid
+from ruleengine.authoring.versions import next_version
 from ruleengine.cli import main
 from ruleengine.evaluate import evaluator_for
 from ruleengine.facts import normalize_facts
@@ -39,6 +40,7 @@ MINI_RULES = """\
 """
 
 DEFAULT = REPO / "policies" / "default"
+CURRENT = load_policy(str(DEFAULT)).version
 
 
 def run(*args: str):
@@ -47,7 +49,7 @@ def run(*args: str):
 
 def _edit(target: Path, version: str, replacements: dict[str, tuple[str, str]]) -> str:
     shutil.copytree(DEFAULT, target, ignore=shutil.ignore_patterns("tests"))
-    for fname, (old, new) in {**replacements, "policy.yaml": ("version: 1.1.0", f"version: {version}")}.items():
+    for fname, (old, new) in {**replacements, "policy.yaml": (f"version: {CURRENT}", f"version: {version}")}.items():
         text = (target / fname).read_text(encoding="utf-8")
         assert old in text, (fname, old)
         (target / fname).write_text(text.replace(old, new, 1), encoding="utf-8")
@@ -69,8 +71,8 @@ LOWER_LARGE = {"thresholds.yaml": ("value: 1000000", "value: 500000")}
 
 @pytest.fixture(scope="module")
 def lowered(tmp_path_factory):
-    """The default policy with large_data_examples lowered to 500k, the version left at 1.1.0, and its diff."""
-    path = _edit(tmp_path_factory.mktemp("lowered") / "p", "1.1.0", LOWER_LARGE)
+    """The default policy with large_data_examples lowered to 500k, the version left as it is, and its diff."""
+    path = _edit(tmp_path_factory.mktemp("lowered") / "p", CURRENT, LOWER_LARGE)
     report = diff_policies(str(DEFAULT), path)
     return path, report, render_diff_text(report), json.loads(json.dumps(report.to_dict(), default=str))
 
@@ -99,10 +101,11 @@ def test_a_verdict_change_without_a_version_bump_fails(lowered, tmp_path):
     _, report, text, data = lowered
     assert [d["code"] for d in data["diagnostics"]] == ["version-not-bumped"]
     assert report.diagnostics[0].severity == "error"
-    assert "error[version-not-bumped]" in text and "change verdict" in text and "version: 1.1.0 -> 1.1.0: FAIL" in text
+    assert "error[version-not-bumped]" in text and "change verdict" in text
+    assert f"version: {CURRENT} -> {CURRENT}: FAIL" in text
     old = load_policy(str(DEFAULT))
-    patch = load_policy(_edit(tmp_path / "patch", "1.1.1", LOWER_LARGE))
-    minor = load_policy(_edit(tmp_path / "minor", "1.2.0", LOWER_LARGE))
+    patch = load_policy(_edit(tmp_path / "patch", next_version(CURRENT, "patch"), LOWER_LARGE))
+    minor = load_policy(_edit(tmp_path / "minor", next_version(CURRENT, "minor"), LOWER_LARGE))
     older = _edit(tmp_path / "older", "0.9.0", {})
     assert [d.code for d in version_diagnostics(old, patch, report.impact)] == ["version-bump-too-small"]
     assert version_diagnostics(old, minor, report.impact) == []
@@ -111,7 +114,7 @@ def test_a_verdict_change_without_a_version_bump_fails(lowered, tmp_path):
 
 
 def test_rule_and_table_changes_are_listed(edited):
-    new = edited("1.2.0", {
+    new = edited(next_version(CURRENT, "minor"), {
         "rules.yaml": ("  - id: research-best-full-ft\n    priority: 32", "  - id: research-best-full-ft\n    priority: 33"),
         "use_cases.yaml": ("    rank: 32\n", "    rank: 64\n"),
     })
@@ -126,27 +129,42 @@ def test_rule_and_table_changes_are_listed(edited):
 
 
 def test_grid_evaluator_agrees_with_the_evaluator():
+    """Every sampled grid point: the bitmask evaluation equals a plain evaluation (rule, verdict, messages)."""
+    import random
+
     policy = load_policy(str(DEFAULT))
     grid = build_grid([policy], models=(1.1e9, 13e9, 70e9), counts=(1, 8))
-    outcomes = GridEvaluator(policy).outcomes(grid, spot_checks=0)
-    keys = sorted(outcomes)[::211]
-    assert len(keys) > 40
-    for key in keys:
-        facts = normalize_facts(point_facts(grid, key), policy)
+    ge = GridEvaluator(policy)
+    results = ge.evaluate(grid, spot_checks=0)
+    rng = random.Random(1)
+    mems = list(grid.memory_points())
+    for _ in range(60):
+        mem, index = rng.choice(mems), rng.randrange(grid.rule_size)
+        got = ge.outcome(grid, results, mem, index)
+        facts = normalize_facts(grid.facts(mem, index), policy)
         ev = evaluator_for(policy).evaluate(facts, use_engine=False)
-        got = outcomes[key]
         assert got.rule == ev.chosen and got.feasible == (ev.candidate is not None)
         if ev.candidate:
             assert (got.method, got.rank) == (ev.candidate.method, ev.candidate.rank)
+        warnings = {w["code"] for rid in [ev.chosen, *ev.advice] if rid for w in policy.rule(rid).warn}
+        notes = {n["code"] for rid in [ev.chosen, *ev.advice] if rid for n in policy.rule(rid).note}
+        assert (got.warnings, got.notes) == (warnings, notes)
 
 
-def test_grid_covers_every_threshold_cell():
+def test_grid_axes_come_from_every_fact_the_rules_read():
     policy = load_policy(str(DEFAULT))
     grid = build_grid([policy])
     assert grid.rule_axes["data.examples"] == [500, 1000, 100000, 1000000]
     assert 11e9 in grid.memory_axes["model.params"] and 0.5e9 in grid.memory_axes["model.params"]
     assert grid.rule_axes["serving.adapters"] == [1, 2]
     assert sum(grid.gpu_weight.values()) == len(policy.gpus)
+    # read by advise rules only: latency sensitivity, the number of tasks, and the requests per day at which
+    # serving.unmerged_gpu_hours_per_day (a derived fact) crosses wasted_gpu_hours_per_day_warn
+    assert grid.rule_axes["serving.latency_sensitive"] == [False, True]
+    assert grid.rule_axes["data.num_tasks"] == [1, 2]
+    requests = grid.rule_axes["serving.requests_per_day"]
+    assert requests[0] == 0 and requests[-1] == pytest.approx(180_000)
+    assert len(requests) == 3 and requests[1] < 180_000
 
 
 def test_diff_map_shades_the_changed_cells(tmp_path):

@@ -89,7 +89,7 @@ def test_coverage_counts_chosen_and_matched_rules_and_both_outcomes(write_policy
     assert cov["table"].can_be_false is False  # `when: []` has no false outcome
     assert round(report.rule_coverage, 1) == 33.3
     result = run("test", path, "--min-coverage", "50")
-    assert result.exit_code == 5 and "below --min-coverage 50%" in result.stdout
+    assert result.exit_code == 5 and "below the minimum 50%" in result.stdout
     data = json.loads(run("test", path, "--format", "json").stdout)
     assert data["ok"] is True and data["policies"][0]["coverage"]["rules_percent"] == 33.33
 

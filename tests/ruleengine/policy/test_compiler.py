@@ -121,7 +121,7 @@ def test_unknown_field_suggests_the_right_name():
     text = MINIMAL.replace("then: {method: full_ft}", "then: {method: full_ft, rnk: 4}")
     with pytest.raises(PolicyError) as exc:
         load_policy_files({"p.yaml": text}, "p.yaml")
-    d = exc.value.diagnostics[0]
+    d = exc.value.errors[0]
     assert d.code == "schema-unknown-field" and "did you mean `rank`?" in d.help
 
 
@@ -129,7 +129,7 @@ def test_message_template_names_are_checked():
     text = MINIMAL.replace("q {data.examples:.0f}", "q {data.exmples}")
     with pytest.raises(PolicyError) as exc:
         load_policy_files({"p.yaml": text}, "p.yaml")
-    assert exc.value.diagnostics[0].code == "message-unknown-fact"
+    assert exc.value.errors[0].code == "message-unknown-fact"
 
 
 def test_section_defined_in_two_bundle_files_is_an_error():

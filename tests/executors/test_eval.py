@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import math
 import shutil
 from pathlib import Path
@@ -53,12 +54,18 @@ def test_forgetting_is_flagged_with_the_policys_threshold_and_exit_0(chat_run, t
     thresholds = (policy / "thresholds.yaml").read_text()
     assert "forgetting_ppl_increase:\n    value: 0.10" in thresholds
     (policy / "thresholds.yaml").write_text(thresholds.replace("forgetting_ppl_increase:\n    value: 0.10",
-                                                               "forgetting_ppl_increase:\n    value: -0.99"))
-    result = CliRunner().invoke(main, ["eval", chat_run.output_dir, "--policy", str(policy), "--generate", "0"])
+                                                               "forgetting_ppl_increase:\n    value: 0"))
+    # text unlike anything the run trained on: fine-tuning moves the model away from it
+    general = tmp_path / "general.jsonl"
+    rng = random.Random(0)
+    general.write_text("".join(json.dumps({"text": " ".join(f"{rng.randrange(10**6)}#{rng.randrange(97)}%"
+                                                            for _ in range(40))}) + "\n" for _ in range(12)))
+    result = CliRunner().invoke(main, ["eval", chat_run.output_dir, "--policy", str(policy), "--generate", "0",
+                                       "--general", str(general)])
     assert result.exit_code == 0, result.output
     assert "FORGETTING FLAGGED" in result.output and "exit 0" in result.output
     saved = json.loads((Path(chat_run.output_dir) / "eval.json").read_text())
-    assert saved["forgetting"]["flagged"] is True and saved["forgetting"]["threshold"] == -0.99
+    assert saved["forgetting"]["flagged"] is True and saved["forgetting"]["threshold"] == 0
     assert saved["format"] is None
 
 

@@ -180,6 +180,8 @@ class Architecture:
     output_bias: bool = False  # the attention output projection carries a bias
     mlp_bias: bool = False
     norm: str = "rmsnorm"  # "rmsnorm" | "layernorm" (weight and bias) | "layernorm_nobias" | "none"
+    norms_per_layer: int = 2  # normalizations in one decoder layer, with or without weights (gemma2/3: 4; parallel
+    #                           blocks with one shared norm: 1)
     qk_norm: bool = False  # a norm over q and k (qwen3, gemma3, olmo2, ...)
     word_embed_proj_dim: int = 0  # opt: embedding width when it differs from hidden_size (0 = same)
     position_embeddings: int = 0  # rows of a learned position table (opt: max positions + 2; gpt2: n_positions)
@@ -212,6 +214,9 @@ class Architecture:
     warnings: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        # derived structures computed once per object (the decision hot path asks for them per estimate);
+        # not a dataclass field, so equality, hashing, replace() and asdict() ignore it
+        object.__setattr__(self, "_memo", {})
         if not self.layer_groups:
             object.__setattr__(self, "layer_groups", _scalar_groups(self))
         if self.top_params < 0:
@@ -234,17 +239,26 @@ class Architecture:
         """Return the width of the token embedding and of the lm_head input."""
         return self.word_embed_proj_dim or self.hidden_size
 
+    def _memoized(self, key: str, make: Any) -> Any:
+        memo: dict = self.__dict__["_memo"]
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
     def linears(self) -> dict[str, Linear]:
         """Return every distinct linear map of the decoder layers by peft name, in forward order.
 
         A model with dense and MoE layers lists the union; :meth:`module_counts` says how many
         instances of each exist.
         """
-        out: dict[str, Linear] = {}
-        for group in self.layer_groups:
-            for m in group.linears:
-                out.setdefault(m.name, m)
-        return out
+        def make() -> dict[str, Linear]:
+            out: dict[str, Linear] = {}
+            for group in self.layer_groups:
+                for m in group.linears:
+                    out.setdefault(m.name, m)
+            return out
+
+        return dict(self._memoized("linears", make))
 
     def attention_modules(self) -> tuple[str, ...]:
         """Return the names of the attention linear layers in forward order (q, k, v, output projection)."""
@@ -271,11 +285,14 @@ class Architecture:
 
     def module_counts(self) -> dict[str, int]:
         """Return ``{name: instances in the whole model}``: layers holding it x copies per layer (experts)."""
-        out: dict[str, int] = {}
-        for group in self.layer_groups:
-            for m in group.linears:
-                out[m.name] = out.get(m.name, 0) + group.count * m.copies
-        return out
+        def make() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for group in self.layer_groups:
+                for m in group.linears:
+                    out[m.name] = out.get(m.name, 0) + group.count * m.copies
+            return out
+
+        return dict(self._memoized("module_counts", make))
 
     def active_module_counts(self) -> dict[str, float]:
         """Return ``{name: instances one token passes through in the whole model}``.
@@ -309,7 +326,8 @@ class Architecture:
 
     def expert_params(self) -> int:
         """Return the weights of all routed experts of all layers (what top-k routing leaves mostly idle)."""
-        return sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind == "expert")
+        return int(self._memoized("expert_params", lambda: sum(
+            g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind == "expert")))
 
     @property
     def active_params(self) -> int:
@@ -327,7 +345,7 @@ class Architecture:
 
     def layer_params(self) -> int:
         """Return all parameters of the largest decoder layer (what ZeRO-3/FSDP gathers at once)."""
-        return max(g.params() for g in self.layer_groups)
+        return int(self._memoized("layer_params", lambda: max(g.params() for g in self.layer_groups)))
 
     def layers_params(self) -> int:
         """Return the parameters of all decoder layers together."""
@@ -347,13 +365,16 @@ class Architecture:
         the embedding and other parts come from the shape and the rest of the given count is
         taken as linear weights.
         """
-        linear = sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind != "router")
-        embedding = self.embedding_params()
-        other = self.params - linear - embedding
-        if self.source == "inferred":
-            other = shape_params(self) - embedding - linear
-            linear = max(self.params - embedding - other, 0)
-        return {"linear": int(linear), "embedding": int(embedding), "other": int(other)}
+        def make() -> dict[str, int]:
+            linear = sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind != "router")
+            embedding = self.embedding_params()
+            other = self.params - linear - embedding
+            if self.source == "inferred":
+                other = shape_params(self) - embedding - linear
+                linear = max(self.params - embedding - other, 0)
+            return {"linear": int(linear), "embedding": int(embedding), "other": int(other)}
+
+        return dict(self._memoized("param_breakdown", make))
 
     def with_params(self, total: int) -> Architecture:
         """Return a copy with ``params`` set to ``total``."""

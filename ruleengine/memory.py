@@ -356,8 +356,8 @@ class MemoryProfile:
     optimizer step, and during the forward too when gradients accumulate: ``grad_forward``), the
     optimizer step's temporaries, and fixed working buffers. So, with ``f`` the allocator fraction,
 
-        total(b) = (1 + f) * (persistent + work + max(b * per_sequence + grad_forward,
-                                                       grad_step + step_temp)) + cuda_context
+        total(b) = persistent + (1 + f) * (work + max(b * per_sequence + grad_forward,
+                                                      grad_step + step_temp)) + cuda_context
 
     monotone in ``b``, and the largest micro-batch that fits a limit is solved in closed form
     (:meth:`largest_batch`). ``paged`` is the part of the optimizer states in unified memory
@@ -404,9 +404,17 @@ class MemoryProfile:
         activations, logits, excess = self._phases(micro_batch)
         return self.persistent + self.grad_forward + activations + logits + excess + self.work
 
+    def _fragmentation(self, micro_batch: int) -> float:
+        """Return the allocator's cache beyond live tensors: a fraction of what is allocated and freed every step.
+
+        Weights, optimizer states and persistent buffers are allocated once, in large blocks, and do not
+        fragment; activations, logits, gradients and working buffers come and go with each step.
+        """
+        return self.allocator_fraction * (self._live(micro_batch) - self.persistent)
+
     def total_gib(self, micro_batch: int) -> float:
         """Return the total GiB per GPU at ``micro_batch`` (the ``total_gib`` of :meth:`at`)."""
-        return ((1 + self.allocator_fraction) * self._live(micro_batch) + self.cuda_context) / GIB
+        return (self._live(micro_batch) + self._fragmentation(micro_batch) + self.cuda_context) / GIB
 
     def measured_gib(self, micro_batch: int, measurement: str = "device") -> float:
         """Return what a measurement of the peak would show at ``micro_batch``, GiB.
@@ -422,14 +430,14 @@ class MemoryProfile:
         if measurement not in MEASUREMENTS:
             raise ValueError(f"unknown measurement `{measurement}`; use one of {', '.join(MEASUREMENTS)}")
         live = self._live(micro_batch) - self.paged
-        return live * ((1 + self.allocator_fraction) if measurement == "reserved" else 1.0) / GIB
+        return (live + (self._fragmentation(micro_batch) if measurement == "reserved" else 0.0)) / GIB
 
     def at(self, micro_batch: int) -> Estimate:
         """Return the estimate (GiB by component) at ``micro_batch`` sequences per GPU."""
         activations, logits, excess = self._phases(micro_batch)
-        live = self._live(micro_batch)
-        overhead = self.cuda_context + self.allocator_fraction * live + self.work + excess
-        total = (1 + self.allocator_fraction) * live + self.cuda_context
+        fragmentation = self._fragmentation(micro_batch)
+        overhead = self.cuda_context + fragmentation + self.work + excess
+        total = self._live(micro_batch) + fragmentation + self.cuda_context
         return Estimate(
             weights_gib=self.weights / GIB, gradients_gib=(self.grad_persistent + self.grad_forward) / GIB,
             optimizer_gib=self.optimizer / GIB, activations_gib=activations / GIB, logits_gib=logits / GIB,
@@ -443,7 +451,7 @@ class MemoryProfile:
         Solved from the closed form (the bound below), then confirmed with :meth:`total_gib`, so a
         value exactly on the boundary is judged by the same arithmetic as a single estimate.
         """
-        budget = (limit_gib * GIB - self.cuda_context) / (1 + self.allocator_fraction) - self.persistent - self.work
+        budget = (limit_gib * GIB - self.cuda_context - self.persistent) / (1 + self.allocator_fraction) - self.work
         slack = 1e-9 * (abs(budget) + self.persistent + self.step_temp + self.grad_step) + 1.0
         if budget + slack < self.grad_step + self.step_temp:
             return None
@@ -493,8 +501,9 @@ def breakdown(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup,
                               f"{(activations + logits) / GIB:.2f} GiB; only the excess counts",
                     "gib": excess / GIB})
     out.append({"component": "overhead", "term": "allocator fragmentation",
-                "detail": f"{prof.allocator_fraction:g} x live memory {live / GIB:.2f} GiB",
-                "gib": prof.allocator_fraction * live / GIB})
+                "detail": f"{prof.allocator_fraction:g} x what each step allocates and frees "
+                          f"{(live - prof.persistent) / GIB:.2f} GiB (weights and states are allocated once)",
+                "gib": prof._fragmentation(b) / GIB})
     out.append({"component": "overhead", "term": "CUDA context and library workspaces",
                 "detail": "fixed per process (not in torch's allocator statistics)", "gib": prof.cuda_context / GIB})
     return out

@@ -57,6 +57,10 @@ def _messages(evaluator: Evaluator, ev: Evaluation) -> tuple[list[dict], list[di
         notes.extend({"code": n["code"], "message": render(n["message"]), "rule": rule.id} for n in rule.note)
         if ev.candidate:
             notes.extend({"code": "verdict-adjusted", "message": text, "rule": rule.id} for text in ev.candidate.notes)
+            if ev.candidate.fit_changes:
+                needed, *changes = ev.candidate.fit_changes
+                notes.append({"code": "settings-changed-to-fit", "rule": rule.id,
+                              "message": f"settings changed to fit ({needed}): " + "; ".join(changes)})
     for rid in ev.advice:
         rule = policy.rule(rid)
         warnings.extend({"code": w["code"], "message": render(w["message"]), "rule": rid} for w in rule.warn)

@@ -36,12 +36,21 @@ def _with(facts: dict, path: str, value: Any) -> dict:
     return out
 
 
+#: host RAM per node tried to see whether ZeRO-3 CPU offload would make an infeasible decision feasible
+HOST_PROBE_GIB = 8192.0
+
+
+def _default_seq_len(evaluator: Evaluator) -> int:
+    return int((evaluator.policy.defaults.get("training") or {}).get("seq_len") or 2048)
+
+
 def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dict]:
     """Return what would make an infeasible decision feasible, each re-evaluated under the policy.
 
-    Tries, in order: a larger GPU from the catalog, more GPUs (sharded), ZeRO-3 with CPU offload,
-    a shorter sequence and batch of 1, and the largest model that fits. Never suggests a method
-    that does not fit: every suggestion is a real evaluation of the policy.
+    Tries, in order: a larger GPU from the catalog, more GPUs (sharded), enough host RAM for ZeRO-3
+    CPU offload (how much, per node), the longest data sequence length that fits (halving from the
+    current one), and the largest model that fits. Never suggests a method that does not fit: every
+    suggestion is a real evaluation of the policy.
     """
     policy = evaluator.policy
     out: list[dict] = []
@@ -67,22 +76,32 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
                         "memory_gb": round(res[1].estimate.total_gib, 2),
                         "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
             break
-    trial = copy.deepcopy(facts)
-    trial.setdefault("training", {})["sharding"] = "zero3_offload"
-    if count > 1:
+    if float(hw.get("host_memory_gb") or 0) < HOST_PROBE_GIB:
+        trial = copy.deepcopy(facts)
+        trial["hardware"]["host_memory_gb"] = HOST_PROBE_GIB
+        res = _outcome(evaluator, trial, origin)
+        if res and res[1] is not None and res[1].training.get("sharding") == "zero3_offload":
+            need = res[1].estimate.cpu_offload_gib * min(count, 8)
+            out.append({"kind": "host-memory", "facts": {"hardware.host_memory_gb": round(need)},
+                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"with {need:.0f} GiB of host RAM per node (hardware.host_memory_gb; ZeRO-3 CPU "
+                                f"offload): {res[1].label()}"})
+    seq = int((facts.get("training") or {}).get("seq_len") or facts["data"].get("seq_len") or 0)
+    if not seq:
+        seq = int(_default_seq_len(evaluator))
+    shorter = seq // 2
+    while shorter >= 128:
+        trial = copy.deepcopy(facts)
+        trial["data"]["seq_len"] = shorter
+        (trial.get("training") or {}).pop("seq_len", None)
         res = _outcome(evaluator, trial, origin)
         if res and res[1] is not None:
-            out.append({"kind": "zero3-offload", "facts": {"training.sharding": "zero3_offload"},
-                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with ZeRO-3 and CPU offload on the same GPUs: {res[1].label()} "
-                                f"({res[1].estimate.cpu_offload_gib:.0f} GiB of host RAM per GPU)"})
-    trial = copy.deepcopy(facts)
-    trial.setdefault("training", {}).update({"micro_batch_size": 1, "seq_len": 512, "gradient_checkpointing": True})
-    res = _outcome(evaluator, trial, origin)
-    if res and res[1] is not None:
-        out.append({"kind": "smaller-batch", "facts": {"training.micro_batch_size": 1, "training.seq_len": 512},
-                    "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                    "text": f"with micro_batch_size 1 and seq_len 512: {res[1].label()}"})
+            out.append({"kind": "shorter-sequences", "facts": {"data.seq_len": shorter}, "verdict": res[1].label(),
+                        "memory_gb": round(res[1].estimate.total_gib, 2),
+                        "text": f"if the data's sequences are at most {shorter} tokens (data.seq_len): "
+                                f"{res[1].label()}"})
+            break
+        shorter //= 2
     lo, hi = 1e8, float(facts["model"].get("params") or 0)
     if hi > lo and (res := _outcome(evaluator, _with(facts, "model.params", lo), origin)) and res[1] is not None:
         for _ in range(24):

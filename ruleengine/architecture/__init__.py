@@ -14,7 +14,7 @@ which weights are routed experts. This package computes all of it:
 """
 
 from .config import from_hf_config, load_hf_config
-from .exact import exact_architecture
+from .exact import TrainExtraMissing, exact_architecture
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES
 from .infer import LLAMA_SHAPES, MIN_INFER_PARAMS, infer_from_params
 from .model import Architecture, ArchitectureError, LayerGroup, Linear, shape_params
@@ -22,5 +22,5 @@ from .model import Architecture, ArchitectureError, LayerGroup, Linear, shape_pa
 __all__ = [
     "FAMILIES", "LLAMA_SHAPES", "MIN_INFER_PARAMS", "SUPPORTED_MODEL_TYPES", "Architecture", "ArchitectureError",
     "LayerGroup", "Linear", "exact_architecture", "from_hf_config", "infer_from_params", "load_hf_config",
-    "shape_params",
+    "TrainExtraMissing", "shape_params",
 ]

@@ -39,6 +39,11 @@ MINI_RULES = """\
 """
 
 DEFAULT = REPO / "policies" / "default"
+# the bundled policy's version and the next patch/minor versions (the tests edit copies of it)
+VERSION = next(line.split(":", 1)[1].strip() for line in (DEFAULT / "policy.yaml").read_text(encoding="utf-8")
+               .splitlines() if line.startswith("version:"))
+_MAJOR, _MINOR, _PATCH = (int(x) for x in VERSION.split("."))
+NEXT_PATCH, NEXT_MINOR = f"{_MAJOR}.{_MINOR}.{_PATCH + 1}", f"{_MAJOR}.{_MINOR + 1}.0"
 
 
 def run(*args: str):
@@ -47,7 +52,7 @@ def run(*args: str):
 
 def _edit(target: Path, version: str, replacements: dict[str, tuple[str, str]]) -> str:
     shutil.copytree(DEFAULT, target, ignore=shutil.ignore_patterns("tests"))
-    for fname, (old, new) in {**replacements, "policy.yaml": ("version: 1.1.0", f"version: {version}")}.items():
+    for fname, (old, new) in {**replacements, "policy.yaml": (f"version: {VERSION}", f"version: {version}")}.items():
         text = (target / fname).read_text(encoding="utf-8")
         assert old in text, (fname, old)
         (target / fname).write_text(text.replace(old, new, 1), encoding="utf-8")
@@ -69,8 +74,8 @@ LOWER_LARGE = {"thresholds.yaml": ("value: 1000000", "value: 500000")}
 
 @pytest.fixture(scope="module")
 def lowered(tmp_path_factory):
-    """The default policy with large_data_examples lowered to 500k, the version left at 1.1.0, and its diff."""
-    path = _edit(tmp_path_factory.mktemp("lowered") / "p", "1.1.0", LOWER_LARGE)
+    """The default policy with large_data_examples lowered to 500k, the version left as it is, and its diff."""
+    path = _edit(tmp_path_factory.mktemp("lowered") / "p", VERSION, LOWER_LARGE)
     report = diff_policies(str(DEFAULT), path)
     return path, report, render_diff_text(report), json.loads(json.dumps(report.to_dict(), default=str))
 
@@ -99,10 +104,10 @@ def test_a_verdict_change_without_a_version_bump_fails(lowered, tmp_path):
     _, report, text, data = lowered
     assert [d["code"] for d in data["diagnostics"]] == ["version-not-bumped"]
     assert report.diagnostics[0].severity == "error"
-    assert "error[version-not-bumped]" in text and "change verdict" in text and "version: 1.1.0 -> 1.1.0: FAIL" in text
+    assert "error[version-not-bumped]" in text and "change verdict" in text and f"version: {VERSION} -> {VERSION}: FAIL" in text
     old = load_policy(str(DEFAULT))
-    patch = load_policy(_edit(tmp_path / "patch", "1.1.1", LOWER_LARGE))
-    minor = load_policy(_edit(tmp_path / "minor", "1.2.0", LOWER_LARGE))
+    patch = load_policy(_edit(tmp_path / "patch", NEXT_PATCH, LOWER_LARGE))
+    minor = load_policy(_edit(tmp_path / "minor", NEXT_MINOR, LOWER_LARGE))
     older = _edit(tmp_path / "older", "0.9.0", {})
     assert [d.code for d in version_diagnostics(old, patch, report.impact)] == ["version-bump-too-small"]
     assert version_diagnostics(old, minor, report.impact) == []

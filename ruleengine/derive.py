@@ -74,6 +74,8 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     #: the settings ladder's changes that made it fit (empty when it fit at the spec's own settings)
     fit_changes: list[str] = field(default_factory=list)
+    #: why the method cannot be applied to this architecture (then it never fits); empty when it can
+    inapplicable: str = ""
     #: results computed from this candidate alone (per-token cost, table entry), kept with it
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -84,7 +86,7 @@ class Candidate:
     _label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.fits = self.estimate.total_gib <= self.usable_gb
+        self.fits = not self.inapplicable and self.estimate.total_gib <= self.usable_gb
         self.headroom_gb = self.usable_gb - self.estimate.total_gib
         self._label = f"{self.method} r={self.rank}" if self.rank else self.method
 
@@ -555,14 +557,35 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
                      training, dict(spec.multitask) if spec.multitask else None, est, usable, notes, fit_changes)
 
 
+def inapplicable_candidate(spec: VerdictSpec, usable: float, reason: str) -> Candidate:
+    """Return a candidate for a verdict that cannot be applied to the architecture: it never fits.
+
+    peft refuses some method/architecture combinations (DoRA or AdaLoRA where the targets reach a MoE
+    model's routed experts); such a verdict is not an error of the facts, the method just does not apply.
+    """
+    empty = Estimate(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, notes=[f"not applicable: {reason}"])
+    return Candidate(spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules, spec.num_virtual_tokens,
+                     spec.adapter_size, spec.init_rank, dict(spec.quantization) if spec.quantization else None,
+                     dict(spec.training), dict(spec.multitask) if spec.multitask else None, empty, usable,
+                     list(spec.notes), inapplicable=reason)
+
+
+def _applied(spec: VerdictSpec, usable: float, make: Any) -> Candidate:
+    try:
+        return make()
+    except ValueError as exc:  # the method cannot be applied to this architecture (user targets are checked first)
+        return inapplicable_candidate(spec, usable, str(exc))
+
+
 def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, gpu: GpuSpec,
                       constants: MemoryConstants, usable: float) -> Candidate:
     """Return the verdict a rule's ``then`` yields for these facts, with its memory estimate.
 
-    ``resolve_spec`` then ``candidate_from``, uncached. Raises ValueError for an unknown method or bad
-    hyperparameters.
+    ``resolve_spec`` then ``candidate_from``, uncached; a verdict peft cannot apply to this
+    architecture becomes an inapplicable candidate. Raises ValueError for an unknown method.
     """
-    return candidate_from(resolve_spec(policy, then, facts, gpu), arch, gpu, constants, usable)
+    spec = resolve_spec(policy, then, facts, gpu)
+    return _applied(spec, usable, lambda: candidate_from(spec, arch, gpu, constants, usable))
 
 
 def _frozen(value: Any) -> Any:
@@ -637,6 +660,7 @@ def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None
     cannot be used, ValueError for bad hyperparameters.
     """
     arch, notes, arch_key = _architecture(facts["model"], origin)
+    _check_user_targets(arch, facts)
     constants = cache.constants if cache is not None else MemoryConstants.from_policy(policy.memory)
     gpu = gpu_spec(policy, facts["hardware"])
     usable = usable_gib(gpu.memory_gb, constants)
@@ -672,6 +696,21 @@ def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None
     return Derived(arch, gpu, constants, usable, point.defaults, candidates, flat, notes)
 
 
+def _check_user_targets(arch: Architecture, facts: dict) -> None:
+    """Raise FactsError when the user's ``training.target_modules`` name no module of this architecture."""
+    from .trainable import resolve_targets
+
+    targets = (facts.get("training") or {}).get("target_modules")
+    if not targets:
+        return
+    try:
+        resolve_targets(arch, "lora", tuple(targets) if isinstance(targets, list) else targets)
+    except ValueError as exc:
+        raise FactsError([Diagnostic("facts-bad-target-modules", str(exc), Location("<facts>"),
+                                     "name modules of this model, or use all-linear, attention or mlp",
+                                     path="training.target_modules")]) from None
+
+
 def _row_key(policy: Any, use_case: str | None) -> tuple | None:
     if use_case is None:
         return None
@@ -693,4 +732,4 @@ def _candidate(policy: Any, then: dict, facts: dict, arch: Architecture, arch_ke
     def profile_of(setup: TrainingSetup) -> MemoryProfile:
         return cache.profile((arch_key, spec.cfg, setup), lambda: profile(arch, spec.cfg, setup, constants))
 
-    return candidate_from(spec, arch, gpu, constants, usable, profile_of)
+    return _applied(spec, usable, lambda: candidate_from(spec, arch, gpu, constants, usable, profile_of))

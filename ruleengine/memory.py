@@ -311,10 +311,12 @@ def _activations_per_sequence(arch: Architecture, cfg: MethodConfig, setup: Trai
                                      * terms.trains_base)
     extra = terms.sequence_extra(arch, cfg, 1, c, dt) if terms.sequence_extra is not None else 0.0
     if rows is not None:
+        moe_layers = (f"; MoE layers: top-{arch.num_experts_per_tok} of {arch.num_experts} routed experts per token"
+                      if arch.is_moe else "")
         for g, parts in per_group:
             what = ", ".join(f"{k} {_kb(v)}" for k, v in parts.items() if v)
-            moe = (f"; top-{g.top_k} routed experts per token, MLP width {format_count(g.mlp_width)} active"
-                   if g.top_k else "")
+            moe = (f"; top-{g.top_k} of {arch.num_experts} routed experts per token, MLP width "
+                   f"{format_count(g.mlp_width)} active" if g.top_k else "")
             if recompute:
                 continue
             rows.append(Term("activations", f"{g.kind} layers, kept for backward",
@@ -330,7 +332,7 @@ def _activations_per_sequence(arch: Architecture, cfg: MethodConfig, setup: Trai
                              seq * on_gpu * arch.hidden_size * ckpt, True))
             g, parts = max(per_group, key=lambda gp: sum(gp[1].values()))
             what = ", ".join(f"{k} {_kb(v)}" for k, v in parts.items() if v)
-            moe = f"; top-{g.top_k} routed experts per token" if g.top_k else ""
+            moe = moe_layers
             rows.append(Term("activations", "one layer recomputed in backward, beyond the freed logits",
                              f"{seq} tokens x max(0, {_kb(largest)} per token ({g.kind} layer: {what}){moe} + MLP "
                              f"gradients {_kb(backward)} - logits {_kb(logits_per_token)})", seq * recomputed, True))

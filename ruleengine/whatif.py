@@ -58,7 +58,8 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
     count = int(hw.get("gpu_count", 1))
     for name, spec in sorted(policy.gpus.items(), key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"])):
         trial = copy.deepcopy(facts)
-        trial["hardware"] = {"gpu": name, "gpu_count": count}
+        trial["hardware"] = {**{k: v for k, v in hw.items() if k not in ("gpu", "gpu_memory_gb")}, "gpu": name,
+                             "gpu_count": count}
         res = _outcome(evaluator, trial, origin)
         if res and res[1] is not None:
             out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},

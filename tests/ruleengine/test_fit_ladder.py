@@ -164,3 +164,9 @@ def test_user_target_modules_the_model_lacks_are_a_facts_error():
         ENGINE.decide(_facts(training={"target_modules": ["query"]}))
     assert exc.value.diagnostics[0].code == "facts-bad-target-modules"
     assert exc.value.diagnostics[0].path == "training.target_modules"
+
+
+def test_suggestions_keep_the_other_hardware_facts():
+    d = ENGINE.decide({"model": {"params": "70B"}, "hardware": {"gpu": "a10g-24gb", "host_memory_gb": 64},
+                       "data": {"examples": "500k"}, "task": {"use_case": "chat", "quality": "research_best"}})
+    assert not d.feasible and any(s["kind"] == "larger-gpu" for s in d.suggestions)

@@ -523,23 +523,29 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
     chosen = _choose(get, training, shardings, batches, limits, gpu, accumulate)
     if chosen is None:
         needed = min(get(_setup(training, sh, gpu, accumulate)).total_gib(batches[-1]) for sh in shardings)
-        for step_training, step_shardings, step_batches, changes in ladder(spec, gpu, constants):
-            if step_shardings == ("zero3_offload",):
-                offload = get(_setup(step_training, "zero3_offload", gpu, accumulate))
+        steps = []
+        for step in ladder(spec, gpu, constants):
+            if step[1] == ("zero3_offload",):
+                offload = get(_setup(step[0], "zero3_offload", gpu, accumulate))
                 if not _offload_fits_host(offload, gpu):
                     host = offload.cpu_offload / 2**30 * min(gpu.count, GPUS_PER_NODE)
                     notes.append(f"ZeRO-3 CPU offload would need {host:.0f} GiB of host RAM per node; "
                                  f"hardware.host_memory_gb is {gpu.host_memory_gb:g}")
                     continue
-            training, shardings, batches = step_training, step_shardings, step_batches
-            chosen = _choose(get, training, shardings, batches, (usable,), gpu, accumulate)
-            if chosen is not None:
-                fit_changes = [f"at the policy's settings it needs {needed:.2f} GiB of {usable:.2f} usable", *changes]
-                break
-        else:
-            if (training, shardings, batches) != (dict(spec.training), spec.shardings, spec.batches):
-                notes.append("nothing fits even with the settings a practitioner would change; the most reduced "
-                             "configuration tried is shown")
+            steps.append(step)
+        # every step needs no more memory than the one before, so when the last does not fit none does
+        if steps and _choose(get, steps[-1][0], steps[-1][1], steps[-1][2], (usable,), gpu, accumulate) is not None:
+            for step_training, step_shardings, step_batches, changes in steps:
+                chosen = _choose(get, step_training, step_shardings, step_batches, (usable,), gpu, accumulate)
+                if chosen is not None:
+                    training, shardings, batches = step_training, step_shardings, step_batches
+                    fit_changes = [f"at the policy's settings it needs {needed:.2f} GiB of {usable:.2f} usable",
+                                   *changes]
+                    break
+        elif steps:
+            training, shardings, batches = steps[-1][0], steps[-1][1], steps[-1][2]
+            notes.append("nothing fits even with the settings a practitioner would change; the most reduced "
+                         "configuration tried is shown")
     if chosen is None:  # nothing fits: report the smallest configuration tried
         chosen = min(((sh, batches[-1]) for sh in shardings),
                      key=lambda sb: get(_setup(training, sb[0], gpu, accumulate)).total_gib(sb[1]))

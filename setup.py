@@ -18,5 +18,5 @@ setup(
         for package, folder in BUNDLED.items() for sub in ["", *find_namespace_packages(where=folder)]
     ],
     package_dir=BUNDLED,
-    package_data={package: ["**/*"] for package in BUNDLED},
+    package_data={**{package: ["**/*"] for package in BUNDLED}, "executors": ["eval_data/*.jsonl"]},
 )

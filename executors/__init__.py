@@ -3,7 +3,7 @@
 Each method's registry entry (``ruleengine/methods/<name>.py``) names its executor class
 (``executors/<name>/``); :func:`get_executor` imports it on first use (executors/registry.py).
 
-Importing ``executors`` (or ``executors.cli``) never imports torch, transformers or peft: the
+Importing ``executors`` (or the CLI's ``ruleengine.cli.train``) never imports torch, transformers or peft: the
 executors import them lazily, only in the methods that build or train a model.
 """
 

@@ -5,7 +5,7 @@ Plan time (no torch): :meth:`Executor.quantization`, :meth:`Executor.peft_kwargs
 options and a :class:`ModelInfo` (module names read from the model built on the meta device).
 
 Training time (torch, transformers, peft imported inside the methods): load the base model, wrap
-it, the Trainer callbacks the method needs, save the artifact, reload it, merge it.
+it, the Trainer callbacks the method needs, method-specific checkpoint state, reload the artifact.
 """
 
 from __future__ import annotations
@@ -100,8 +100,6 @@ class Executor:
     peft_config_class: ClassVar[str | None] = None
     #: whether the trained artifact can be merged into the base weights
     can_merge: ClassVar[bool] = True
-    #: whether merging is impossible when the base is 4/8-bit (peft raises for IA3)
-    merge_blocked_when_quantized: ClassVar[bool] = False
     #: whether the base may be loaded in 4-bit (bitsandbytes) for this method
     can_quantize: ClassVar[bool] = True
     #: whether the method always loads a quantized base (QLoRA)
@@ -149,17 +147,11 @@ class Executor:
     def check(self, ctx: PlanContext) -> list[Diagnostic]:
         """Return the diagnostics of incompatible combinations (merge on this method, quantized merge ...)."""
         diags: list[Diagnostic] = []
-        if ctx.merge and not self.can_merge:
+        if ctx.merge and not self.can_merge and self.peft_config_class is not None:
             diags.append(Diagnostic(
                 "plan-merge-unsupported", f"{self.method} cannot be merged into the model weights",
                 Location("--merge"), f"drop --merge: {self.method} keeps its own parameters and is loaded with "
                 "PeftModel.from_pretrained at inference"))
-        if ctx.merge and ctx.quantization is not None and self.merge_blocked_when_quantized:
-            diags.append(Diagnostic(
-                "plan-merge-quantized-unsupported",
-                f"{self.method} cannot be merged into a {ctx.quantization['bits']}-bit base "
-                "(peft raises: merging is not supported for quantized layers)", Location("--merge"),
-                "drop --merge or --load-in-4bit; merge later into a 16-bit copy of the base"))
         return diags
 
     # ----------------------------------------------------------------------------- training time
@@ -189,8 +181,20 @@ class Executor:
         """Return the extra transformers TrainerCallbacks this method needs (none by default)."""
         return []
 
+    def save_checkpoint_state(self, model: Any, folder: str, write: bool = True) -> None:
+        """Write method-specific state into a Trainer checkpoint folder before the Trainer writes its files.
+
+        Called on every process (``write`` on the one that saves). Nothing by default: the Trainer's
+        own checkpoint (weights, optimizer, scheduler, RNG) is enough.
+        """
+        return None
+
+    def load_checkpoint_state(self, model: Any, folder: str) -> bool:
+        """Restore the model from a checkpoint the method's own way; return False to let the Trainer load it."""
+        return False
+
     def load_trained(self, output_dir: str, plan: dict) -> Any:
-        """Return the trained model reloaded from ``output_dir`` (base + adapter), in eval mode.
+        """Return the trained model reloaded from ``output_dir`` (base + adapter, the base as trained), in eval mode.
 
         Raises FileNotFoundError when the artifact is missing.
         """
@@ -203,20 +207,3 @@ class Executor:
             raise FileNotFoundError(f"no trained artifact at {path}")
         base = load_base_model(plan)
         return PeftModel.from_pretrained(base, path).eval()
-
-    def merge(self, output_dir: str, plan: dict, destination: str) -> None:
-        """Merge the adapter of ``output_dir`` into a full-precision copy of the base, save to ``destination``.
-
-        A quantized base is reloaded unquantized for the merge (merging into 4-bit weights loses
-        precision). Raises FileNotFoundError when the adapter is missing.
-        """
-        from peft import PeftModel
-        from transformers import AutoTokenizer
-
-        from .modeling import load_base_model
-
-        path = os.path.join(output_dir, self.artifact_dir)
-        base = load_base_model(plan, quantize=False)
-        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
-        merged.save_pretrained(destination, safe_serialization=True)
-        AutoTokenizer.from_pretrained(path).save_pretrained(destination)

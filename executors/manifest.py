@@ -14,7 +14,7 @@ from importlib import metadata
 from typing import Any
 
 PACKAGES = ("finetune-policy", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "tokenizers",
-            "safetensors", "durable-rules")
+            "safetensors", "datasets", "trl", "durable-rules")
 GIB = float(1 << 30)
 
 
@@ -74,14 +74,43 @@ def device_description(plan: dict) -> dict[str, Any]:
     return out
 
 
-def build_manifest(plan: dict, *, data_hashes: dict[str, str], started_at: str, finished_at: str, wall_time_s: float,
-                   step_times: list[float], peak: dict[str, Any], metrics: dict[str, Any],
-                   resumed_from: list[str], artifacts: dict[str, str]) -> dict[str, Any]:
-    """Return the run manifest dict for a finished run of ``plan``."""
+def train_loss_of(curve: list[dict]) -> float | None:
+    """Return the mean training loss over a run's loss curve (each logged value weighted by the steps it covers).
+
+    The Trainer's own ``training_loss`` covers only the steps of its last process; the loss curve
+    survives resumes, so this is the loss of the whole run.
+    """
+    total, steps, last = 0.0, 0, 0
+    for point in curve:
+        span = max(1, int(point["step"]) - last)
+        total += float(point["loss"]) * span
+        steps += span
+        last = int(point["step"])
+    return total / steps if steps else None
+
+
+def sum_segments(segments: list[dict]) -> dict[str, Any]:
+    """Return the totals of a run's processes: wall time, all step times, the peak memory of each and overall."""
+    durations = [d for seg in segments for d in seg.get("step_times_s", [])]
+    peaks = [seg["peak"] for seg in segments if seg.get("peak")]
+    top = max(peaks, key=lambda p: p.get("gib") or 0.0) if peaks else None
+    return {"processes": len(segments), "wall_time_s": sum(float(seg.get("wall_time_s") or 0.0) for seg in segments),
+            "step_times_s": durations, "peak": top}
+
+
+def build_manifest(plan: dict, *, data_hashes: dict[str, str], started_at: str, finished_at: str,
+                   segments: list[dict], metrics: dict[str, Any], resumed_from: list[str],
+                   artifacts: dict[str, str], distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the run manifest dict for a finished run of ``plan``, summed over every process (segment) of the run.
+
+    ``segments`` are the records each training process kept in ``run-state.json`` (wall time,
+    step times, peak memory); a run resumed after a kill has several.
+    """
     decision = plan.get("decision") or {}
     estimate = decision.get("memory_estimate_gib")
+    totals = sum_segments(segments)
     return {
-        "manifest_version": "1",
+        "manifest_version": "2",
         "decision_id": decision.get("decision_id"),
         "policy": decision.get("policy"),
         "policy_sha256": (decision.get("policy") or {}).get("sha256"),
@@ -89,17 +118,22 @@ def build_manifest(plan: dict, *, data_hashes: dict[str, str], started_at: str, 
         "override": plan.get("override"),
         "plan_sha256": plan["plan_sha256"],
         "plan": plan,
+        "model": {k: plan["model"].get(k) for k in ("path", "hub_id", "revision", "config_sha256")},
         "data": [{"path": f["path"], "sha256": data_hashes.get(f["path"]), "examples": f["examples"]}
                  for f in (plan.get("data") or {}).get("files", [])],
         "packages": package_versions(),
         "device": device_description(plan),
+        "distributed": distributed,
         "started_at": started_at,
         "finished_at": finished_at,
-        "wall_time_s": wall_time_s,
+        "processes": totals["processes"],
+        "wall_time_s": totals["wall_time_s"],
         "steps": metrics.get("global_step"),
-        "time_per_step": step_time_stats(step_times),
+        "time_per_step": step_time_stats(totals["step_times_s"]),
         "memory": {
-            "measured_peak": peak,
+            "measured_peak": totals["peak"],
+            "segments": [{"index": seg["index"], "peak": seg.get("peak"), "wall_time_s": seg.get("wall_time_s"),
+                          "steps": [seg.get("start_step"), seg.get("last_step")]} for seg in segments],
             "decision_estimate_gib": estimate,
             "estimate_note": "the decision estimates one GPU of the facts' hardware; the measurement is this "
                              "machine" + ("" if plan["device"]["type"] == "cuda" else " (CPU: whole-process RSS)"),
@@ -107,6 +141,7 @@ def build_manifest(plan: dict, *, data_hashes: dict[str, str], started_at: str, 
         "trainable_params": plan["trainable_params"],
         "metrics": {k: metrics.get(k) for k in ("eval_loss_before", "eval_loss_after", "train_loss_first",
                                                   "train_loss_last", "train_loss")},
+        "padding": metrics.get("batches"),
         "resumed_from": resumed_from,
         "artifacts": artifacts,
     }

@@ -26,7 +26,9 @@ from .base import PlanContext
 from .data import FileScan, examples_of, scan_files, split_and_mix
 from .errors import Diagnostic, Location, PlanError
 
-PLAN_VERSION = "1"
+PLAN_VERSION = "2"
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
+EVAL_STRATEGIES = ("no", "steps", "epoch")
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
               "sgd": "sgd"}
 SHARDING_STRATEGIES = {"none": "ddp", "fsdp": "fsdp", "zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3",
@@ -51,6 +53,14 @@ class PlanOptions:
     data_format: str | None = None
     mix_cap: int | None = None
     learning_rate: float | None = None
+    chat_template: str | None = None  # auto | model | chat | alpaca | a .jinja file
+    data_split: str | None = None
+    padding_free: bool | None = None  # None: on unless the method needs padded batches (prompt/prefix tuning)
+    report_to: tuple[str, ...] = ()
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
+    eval_strategy: str | None = None  # None: "steps" (every save) when there is eval data, else "no"
+    eval_steps: int | None = None
 
 
 def canonical_json(data: Any) -> str:
@@ -142,19 +152,48 @@ def schedule(train_sequences: int | None, micro_batch: int, grad_accum: int, gpu
             "total_steps_from": source}
 
 
-def distributed_section(training: dict, info_no_split: list[str]) -> dict[str, Any]:
-    """Return the multi-GPU strategy: single device, or DDP / FSDP / DeepSpeed launched by accelerate."""
+def distributed_section(training: dict, info_no_split: list[str], device: dict | None = None) -> dict[str, Any]:
+    """Return the multi-GPU strategy: single device, or DDP / FSDP / DeepSpeed launched by accelerate.
+
+    ``processes`` is the number of training processes per machine (GPUs, or CPU processes for a
+    CPU target); ``backend`` the process group backend that target uses (nccl or gloo).
+    """
     gpus = int(training.get("gpu_count", 1) or 1)
     sharding = training.get("sharding") or "none"
     if sharding == "auto":
         sharding = "none"
     if gpus <= 1:
         return {"gpu_count": 1, "sharding": "none", "strategy": "single", "launcher": None}
+    on_cpu = (device or {}).get("type") == "cpu"
     return {"gpu_count": gpus, "sharding": sharding, "strategy": SHARDING_STRATEGIES.get(sharding, "ddp"),
-            "launcher": "accelerate", "fsdp_wrap_modules": info_no_split}
+            "launcher": "accelerate", "fsdp_wrap_modules": info_no_split, "processes": gpus,
+            "backend": "gloo" if on_cpu else "nccl"}
 
 
-def _data_section(scans: list[FileScan], options: PlanOptions, verdict: dict, seq_len: int) -> tuple[dict, Any]:
+def target_device(requested: str, local: dict, gpus: int, precision: str) -> dict[str, Any]:
+    """Return the device the run will train on, which may not be the machine making the plan.
+
+    ``local`` is this machine (``detect_device``). ``--device cpu`` trains on CPU processes (one per
+    planned GPU for a multi-GPU plan, with gloo). With CUDA here, the run uses it. Without CUDA, a
+    single-process plan trains here on the CPU, while ``--device cuda`` or a multi-GPU verdict
+    (``gpu_count > 1``) is planned for CUDA machines elsewhere: ``count`` is the verdict's GPU
+    count and ``bf16`` follows the verdict's precision (the policy chose it for the facts' GPU).
+    ``planned_on`` records the machine that made the plan.
+    """
+    planned_on = local.get("name")
+    if requested == "cpu":
+        return {"type": "cpu", "count": max(1, gpus), "name": local.get("name") if local["type"] == "cpu" else "cpu",
+                "bf16": False, "fp16": False, "planned_on": planned_on}
+    if local["type"] == "cuda":
+        return {**local, "planned_on": planned_on}
+    if requested == "cuda" or gpus > 1:
+        return {"type": "cuda", "count": max(1, gpus), "name": "(not on this machine)",
+                "bf16": precision in ("bf16_mixed", "bf16_pure"), "fp16": True, "planned_on": planned_on}
+    return {**local, "planned_on": planned_on}
+
+
+def _data_section(scans: list[FileScan], options: PlanOptions, verdict: dict, seq_len: int,
+                  template: dict) -> tuple[dict, Any]:
     mt = verdict.get("multitask") or {}
     temperature = mt.get("temperature")
     cap = options.mix_cap if options.mix_cap is not None else mt.get("cap")
@@ -170,6 +209,8 @@ def _data_section(scans: list[FileScan], options: PlanOptions, verdict: dict, se
     section = {
         "files": [s.summary() for s in scans],
         "declared_format": options.data_format,
+        "split": options.data_split,
+        "chat_template": template,
         "formats": sorted({s.format for s in scans}),
         "eval_fraction": options.eval_fraction,
         "seed": options.seed,
@@ -194,9 +235,12 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
     ``scans`` may pass already validated data files. Raises PlanError for incompatible
     combinations (exit 2) and DataError for invalid data files.
     """
+    from .chat_template import TemplateError, choose_template
+    from .hub import resolve_model
     from .modeling import count_trainable, detect_device, inspect_model, load_tokenizer
 
     options = options or PlanOptions()
+    warnings_early: list[dict[str, str]] = []
     verdict = copy.deepcopy(verdict)
     method = str(verdict.get("method"))
     try:
@@ -208,11 +252,19 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
     if reason:
         raise PlanError([Diagnostic("plan-method-unsupported", f"{method}: not supported here: {reason}",
                                     Location(where), "choose another method with --method (e.g. lora)")])
-    device = device or detect_device(options.device)
-    model_path = os.path.abspath(model_path)
+    resolved = resolve_model(model_path)
+    model_path = resolved.path
     info = inspect_model(model_path)
     training_in = dict(verdict.get("training") or {})
+    gpus = int(training_in.get("gpu_count") or 1)
+    local = device or detect_device("cpu" if options.device == "cpu" else "auto")
+    device = target_device(options.device, local, gpus, str(training_in.get("precision") or "fp32"))
     notes: list[str] = []
+    if device["type"] != local["type"]:
+        notes.append(f"planned on {local['type']} ({local.get('name')}) for {device['type']}: the run trains where "
+                     f"that device is (decide train writes the launch files here)")
+    if device["type"] == "cpu" and gpus > 1:
+        notes.append(f"--device cpu: the {gpus} planned GPUs become {gpus} CPU processes (gloo)")
 
     seq_len = int(options.seq_len or training_in.get("seq_len") or 2048)
     if info.max_position_embeddings and seq_len > info.max_position_embeddings:
@@ -220,19 +272,45 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
                      f"({info.max_position_embeddings}); using {info.max_position_embeddings}")
         seq_len = int(info.max_position_embeddings)
 
+    prompt_learning = method in ("prompt_tuning", "prefix_tuning")
+    if options.packing and prompt_learning:
+        raise PlanError([Diagnostic(
+            "plan-packing-unsupported", f"{method} cannot train on packed sequences: its virtual tokens must precede "
+            "every example", Location("--packing"), "drop --packing")])
+    padding_free = (not prompt_learning) if options.padding_free is None else bool(options.padding_free)
+    if padding_free and prompt_learning:
+        raise PlanError([Diagnostic(
+            "plan-padding-free-unsupported", f"{method} needs padded batches (its virtual tokens precede every "
+            "example)", Location("--padding-free"), "drop --padding-free")])
+
     data = None
     if data_files or scans:
-        scans = scans if scans is not None else scan_files(data_files or [], options.data_format)
-        data, _split = _data_section(scans, options, verdict, seq_len)
-        if options.packing:
-            from .data import pack, tokenize_all
+        scans = scans if scans is not None else scan_files(data_files or [], options.data_format, options.data_split)
+        tokenizer = load_tokenizer(model_path)
+        try:
+            template = choose_template(options.chat_template, tokenizer.chat_template, [s.format for s in scans])
+        except TemplateError as exc:
+            raise PlanError([Diagnostic("plan-chat-template", str(exc), Location("--chat-template"),
+                                        "use --chat-template auto, chat, alpaca or a .jinja file")]) from None
+        template_entry = template.to_dict()
+        template_entry["used"] = any(
+            s.format in ("alpaca", "chat", "sharegpt")
+            or (s.format == "prompt_completion" and any(isinstance(e.record.get("prompt"), list) for e in s.examples))
+            for s in scans)
+        data, _split = _data_section(scans, options, verdict, seq_len, template_entry)
+        data["padding_free"] = padding_free
+        from .tokenized import build_run_data
 
-            tokenizer = load_tokenizer(model_path)
-            items, _dropped = tokenize_all(_split.train, tokenizer, seq_len)
-            data["train_sequences"] = len(pack(items, seq_len))
+        run_data = build_run_data(data, tokenizer, model_path, scans=scans)
+        for key in ("train_examples", "eval_examples", "train_sequences", "dropped_train", "dropped_eval",
+                    "train_tokens_per_epoch", "trained_tokens_per_epoch"):
+            data[key] = run_data.stats[key]
+        if run_data.stats["dropped_train"]:
+            warnings_early.append({"code": "plan-examples-dropped", "message": (
+                f"{run_data.stats['dropped_train']} training example(s) keep no trained token after truncation to "
+                f"seq_len {seq_len} and are left out")})
     mbs = int(training_in.get("micro_batch_size") or 1)
     ga = int(training_in.get("gradient_accumulation_steps") or 1)
-    gpus = int(training_in.get("gpu_count") or 1)
     epochs = float(training_in.get("epochs") or 1)
     sched = schedule(data["train_sequences"] if data else None, mbs, ga, gpus, epochs, options.max_steps)
 
@@ -244,7 +322,7 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         raise PlanError(errors)
-    warnings = [{"code": d.code, "message": d.message} for d in diags if d.severity != "error"]
+    warnings = warnings_early + [{"code": d.code, "message": d.message} for d in diags if d.severity != "error"]
 
     precision = map_precision(str(training_in.get("precision") or "fp32"), device, method == "full_ft",
                               quant_req is not None)
@@ -264,6 +342,17 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
     warmup_ratio = float(training_in.get("warmup_ratio") or 0.0)
     total = sched["total_steps"]
     save_steps = options.save_steps or (max(1, math.ceil(total / 5)) if total else 100)
+    has_eval = bool(data and data["eval_examples"])
+    eval_strategy = options.eval_strategy or ("steps" if has_eval else "no")
+    if eval_strategy != "no" and not has_eval:
+        raise PlanError([Diagnostic("plan-no-eval-data", f"--eval-strategy {eval_strategy} needs held-out data",
+                                    Location("--eval-strategy"), "give --data with --eval-fraction > 0, or "
+                                    "--eval-strategy no")])
+    eval_steps = (options.eval_steps or save_steps) if eval_strategy == "steps" else None
+    for name in options.report_to:
+        if name not in REPORT_TO:
+            raise PlanError([Diagnostic("plan-unknown-tracker", f"unknown tracker `{name}`", Location("--report-to"),
+                                        "one of " + ", ".join(REPORT_TO) + ", or none")])
     training = {
         "learning_rate": float(options.learning_rate or training_in.get("learning_rate") or 2e-4),
         "learning_rate_from": "--learning-rate" if options.learning_rate else "verdict",
@@ -281,8 +370,13 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
         "gradient_checkpointing": gradient_checkpointing,
         "precision": precision,
         "optimizer": optimizer,
-        "weight_decay": 0.0,
-        "max_grad_norm": 1.0,
+        "weight_decay": float(options.weight_decay if options.weight_decay is not None
+                              else training_in.get("weight_decay") or 0.0),
+        "max_grad_norm": float(options.max_grad_norm if options.max_grad_norm is not None
+                               else training_in.get("max_grad_norm") or 1.0),
+        "eval_strategy": eval_strategy,
+        "eval_steps": eval_steps,
+        "report_to": list(options.report_to),
         "layerwise_lr_decay": training_in.get("layerwise_lr_decay"),
         "seed": options.seed,
         "logging_steps": options.logging_steps,
@@ -307,13 +401,13 @@ def build_plan(verdict: dict, *, model_path: str, data_files: list[str] | None, 
         "decision": decision,
         "verdict": verdict,
         "model": {"path": model_path, "config_sha256": _sha256_file(os.path.join(model_path, "config.json")),
-                  "dtype": precision["model_dtype"], "info": info.to_dict()},
+                  "dtype": precision["model_dtype"], "info": info.to_dict(), **resolved.summary()},
         "device": device,
         "peft": peft_section,
         "quantization": quantization,
         "training": training,
         "data": data,
-        "distributed": distributed_section(training_in, info.no_split_modules),
+        "distributed": distributed_section(training_in, info.no_split_modules, device),
         "merge": bool(options.merge and executor.can_merge and method != "full_ft"),
         "artifact_dir": executor.artifact_dir,
         "trainable_params": trainable,
@@ -410,16 +504,30 @@ def summarize(plan: dict) -> str:
                  + f"  optimizer: {t['optimizer']['used']}")
     lines.append(f"steps: {t['max_steps']} (from {t['max_steps_from']})  micro batch {t['per_device_train_batch_size']} "
                  f"x grad accum {t['gradient_accumulation_steps']}  lr {t['learning_rate']:g} {t['lr_scheduler_type']}")
+    lines.append(f"weight decay {t.get('weight_decay', 0.0):g}  grad clip {t.get('max_grad_norm', 1.0):g}  eval "
+                 f"{t.get('eval_strategy', 'no')}" + (f" every {t['eval_steps']} steps" if t.get("eval_steps") else "")
+                 + f"  trackers: {', '.join(t.get('report_to') or []) or 'none'}")
     if plan.get("data"):
         d = plan["data"]
-        lines.append(f"data: {len(d['files'])} file(s), {d['train_examples']} train / {d['eval_examples']} eval "
-                     f"examples, seq_len {d['seq_len']}" + (", packed" if d["packing"] else ""))
+        lines.append(f"data: {len(d['files'])} source(s) ({', '.join(d['formats'])}), {d['train_examples']} train / "
+                     f"{d['eval_examples']} eval examples, {d.get('train_sequences')} train sequences, seq_len "
+                     f"{d['seq_len']}" + (", packed (no attention across examples)" if d["packing"] else "")
+                     + (", padding-free batches" if d.get("padding_free") else ", padded batches"))
+        tmpl = d["chat_template"]
+        if tmpl.get("used", True):
+            lines.append(f"chat template: {tmpl['source']} (loss on assistant tokens, located by {tmpl['masking']}); "
+                         "saved with the adapter")
+        if d.get("train_tokens_per_epoch") is not None:
+            lines.append(f"tokens per epoch: {d['train_tokens_per_epoch']:,} ({d['trained_tokens_per_epoch']:,} "
+                         "trained)")
         if d.get("multitask"):
             mix = ", ".join(f"{k} {v['weight']:.2f}" for k, v in d["multitask"]["mixture"].items())
             lines.append(f"mixture (T={d['multitask']['temperature']}): {mix}")
     dist = plan["distributed"]
     if dist["gpu_count"] > 1:
-        lines.append(f"multi-GPU: {dist['gpu_count']} GPUs, {dist['strategy']} (launch with accelerate)")
+        lines.append(f"multi-process: {dist.get('processes', dist['gpu_count'])} {plan['device']['type'].upper()} "
+                     f"processes per machine, {dist['strategy']} (launch.sh: accelerate or torchrun, one or more "
+                     "machines)")
     for w in plan.get("warnings", []):
         lines.append(f"warning[{w['code']}]: {w['message']}")
     for n in plan.get("notes", []):

@@ -28,13 +28,15 @@ def default_corpus() -> list[str]:
 def corpus_texts(paths: list[str]) -> Iterator[str]:
     """Yield every string found in the JSONL files ``paths`` (all formats; bad lines skipped).
 
-    The prompt templates of executors.data are added so their tokens are in the vocabulary.
+    The markup of the built-in chat templates (executors.chat_template) is added so its tokens are
+    in the vocabulary.
     """
-    from .data import ALPACA_PROMPT_WITH_INPUT, CHAT_HEADER, ROLES
+    from .formats import ROLES
 
-    yield ALPACA_PROMPT_WITH_INPUT
-    for role in ROLES:
-        yield CHAT_HEADER.format(role=role)
+    yield "### Instruction:\n### Input:\n### Response:\n"
+    for role in (*ROLES, "tools"):
+        yield f"<|{role}|>\n"
+    yield "<tool_call></tool_call>"
 
     def strings(value: Any) -> Iterator[str]:
         """Yield the strings nested in a JSON value."""

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from . import pipeline
 from .decision import Decision, new_decision_id
@@ -31,8 +32,8 @@ from .exitcodes import ExitCode
 from .facts import FactsInput
 from .policy import Policy, load_policy
 
-__all__ = ["AuditWriteError", "BatchItem", "PolicyEngine", "decide", "engine_for", "load_policy", "open_policy",
-           "record"]
+__all__ = ["AuditWriteError", "BatchItem", "PolicyEngine", "audit_writer", "decide", "engine_for", "load_policy",
+           "open_policy", "record"]
 
 
 class AuditWriteError(DiagnosticError):
@@ -47,7 +48,7 @@ class PolicyEngine:
     The memo keeps recent decisions keyed by the canonical given facts (the policy's content hash is
     part of the engine, so a new policy never sees old entries); a hit returns a new Decision (its
     own id, time and metrics) with the same content. Facts naming a model config *file* bypass the
-    memo, since the file can change. Thread-safe.
+    memo, since the file can change (an inline config is part of the key). Thread-safe.
     """
 
     def __init__(self, policy: Policy, *, memo_size: int = 4096) -> None:
@@ -55,7 +56,7 @@ class PolicyEngine:
         self.evaluator: Evaluator = evaluator_for(policy)
         self.sha256 = self.evaluator.sha256
         self.memo_size = memo_size
-        self._memo: OrderedDict[str, Decision] = OrderedDict()
+        self._memo: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.memo_hits = self.memo_misses = 0
 
@@ -69,24 +70,27 @@ class PolicyEngine:
         ``model_config`` gives that config's content directly (replay); ``explain`` adds
         counterfactuals. Raises FactsError (exit 2) for invalid facts and EngineDisagreement (exit 4).
         """
-        key = self._memo_key(given, explain, model_config)
-        if key is not None:
-            with self._lock:
-                found = self._memo.get(key)
-                if found is not None:
-                    self._memo.move_to_end(key)
-                    self.memo_hits += 1
-            if found is not None:
-                return _fresh(found)
+        key = self._memo_key("d", given, explain, model_config)
+        found = self._recall(key)
+        if found is not None:
+            return _fresh(found)
         decision = pipeline.decide(self.evaluator, given, origin=origin, explain_all=explain,
                                    model_config=model_config)
-        if key is not None:
-            with self._lock:
-                self.memo_misses += 1
-                self._memo[key] = decision
-                if len(self._memo) > self.memo_size:
-                    self._memo.popitem(last=False)
+        self._remember(key, decision)
         return decision
+
+    def summarize(self, given: dict | FactsInput, *, origin: str = "") -> dict:
+        """Return the compact form of the decision for ``given`` (``pipeline.summary_of``), built lean.
+
+        Uses the memo like :meth:`decide` (a hit gets a fresh decision id). Raises as :meth:`decide`.
+        """
+        key = self._memo_key("s", given, False, None)
+        found = self._recall(key)
+        if found is not None:
+            return {**found, "decision_id": new_decision_id()}
+        summary = pipeline.summarize(self.evaluator, given, origin=origin)
+        self._remember(key, summary)
+        return summary
 
     def estimate(self, given: dict | FactsInput, *, origin: str = "", breakdown: tuple[str, ...] = ()) -> dict:
         """Return memory, trainable parameters and cost per method (no rules).
@@ -112,18 +116,40 @@ class PolicyEngine:
             except DiagnosticError as exc:
                 yield BatchItem(index, None, exc)
 
-    def _memo_key(self, given: dict | FactsInput, explain: bool, model_config: dict | None) -> str | None:
+    def _recall(self, key: str | None) -> Any:
+        """Return the memoised value for ``key`` (most recently used from now on), or None."""
+        if key is None:
+            return None
+        with self._lock:
+            found = self._memo.get(key)
+            if found is not None:
+                self._memo.move_to_end(key)
+                self.memo_hits += 1
+        return found
+
+    def _remember(self, key: str | None, value: Any) -> None:
+        """Memoise ``value`` under ``key``, dropping the least recently used entry beyond memo_size."""
+        if key is None:
+            return
+        with self._lock:
+            self.memo_misses += 1
+            self._memo[key] = value
+            if len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+
+    def _memo_key(self, kind: str, given: dict | FactsInput, explain: bool,
+                  model_config: dict | None) -> str | None:
         if self.memo_size <= 0:
             return None
         data = given.data if isinstance(given, FactsInput) else given
         model = data.get("model") if isinstance(data, dict) else None
-        if isinstance(model, dict) and model.get("config") and model_config is None:
-            return None
+        if isinstance(model, dict) and isinstance(model.get("config"), str) and model_config is None:
+            return None  # a config file can change; an inline config is part of the key
         try:
             text = json.dumps([data, model_config], sort_keys=True, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError):
             return None
-        return f"{int(explain)}{text}"
+        return f"{kind}{int(explain)}{text}"
 
 
 @dataclass(frozen=True)
@@ -197,18 +223,42 @@ def decide(policy: Policy, given: dict | FactsInput, *, origin: str = "", explai
     return engine_for(policy).decide(given, origin=origin, explain=explain, model_config=model_config)
 
 
-def record(decision: Decision | dict, engine: PolicyEngine, *, audit_db: str | None = None) -> str:
+def audit_writer(audit_db: str | None = None, *, key_path: str | None = None) -> Any:
+    """Return an open ``AuditWriter`` on ``audit_db`` (created when missing), signing with ``key_path``.
+
+    For callers that record many decisions (a batch, a service): one writer, group commits. ``key_path``
+    None means ``$FINETUNE_POLICY_AUDIT_KEY`` (unsigned when unset). Raises AuditWriteError (exit 7).
+    """
+    from .audit import AuditWriter
+
+    try:
+        return AuditWriter(audit_db, key_path=key_path, create=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the same answer for the caller
+        raise AuditWriteError([Diagnostic(
+            "audit-write-failed", f"the audit store cannot be opened for writing: {exc}",
+            Location(audit_db or "$FINETUNE_POLICY_AUDIT_DB"),
+            "fix the store location (--audit-db or FINETUNE_POLICY_AUDIT_DB), the key (--audit-key or "
+            "FINETUNE_POLICY_AUDIT_KEY), or pass --no-audit")]) from None
+
+
+def record(decision: Decision | dict, engine: PolicyEngine, *, audit_db: str | None = None,
+           key_path: str | None = None, writer: Any = None) -> str:
     """Append ``decision`` (made by ``engine``; a Decision or its ``to_dict()``) to the audit store.
 
     Returns the record id.
-    ``audit_db`` is the store (default: ``$FINETUNE_POLICY_AUDIT_DB`` or the user's data directory).
+    ``writer`` is an open ``AuditWriter`` (see ``audit_writer``) to append through; without one, the store
+    ``audit_db`` is opened for this record (default: ``$FINETUNE_POLICY_AUDIT_DB`` or the user's data
+    directory) and the head signed with ``key_path`` (default ``$FINETUNE_POLICY_AUDIT_KEY``).
     Raises AuditWriteError (exit 7) naming the store and what to do when it cannot be written.
     """
     from .audit import record_decision
 
     try:
         data = decision.to_dict() if isinstance(decision, Decision) else decision
-        return str(record_decision(data, engine.policy.snapshot(), engine.sha256, db_path=audit_db))
+        if writer is not None:
+            return str(writer.append(data, engine.policy))
+        return str(record_decision(data, engine.policy.snapshot(), engine.sha256, db_path=audit_db,
+                                   key_path=key_path))
     except Exception as exc:  # noqa: BLE001 - any failure of the store is the same answer for the caller
         raise AuditWriteError([Diagnostic(
             "audit-write-failed", f"the decision could not be recorded in the audit store: {exc}",

@@ -2,7 +2,7 @@
 
 Every input becomes a ``FactsInput`` whose diagnostics name the file and line, or a
 ``FactsError`` when the input is not a facts object at all; reading never stops at a bad input.
-JSON is parsed strictly: NaN and Infinity are refused.
+JSON is parsed strictly: NaN, Infinity and numbers that overflow to infinity are refused.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} overflows to infinity")
+    return number
+
+
 def _open_text(path: str) -> str:
     if path == "-":
         return sys.stdin.read()
@@ -84,7 +91,7 @@ def _parse_line(raw: str, name: str, number: int) -> FactsInput | FactsError:
         return FactsError([Diagnostic("batch-line-too-long", f"the line is longer than {MAX_LINE_BYTES} bytes",
                                       where, "one facts object per line, under 1 MiB")])
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         return FactsError([Diagnostic("batch-bad-json", "the JSON is nested too deeply", where,
                                       "facts are at most a few levels deep")])

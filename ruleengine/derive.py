@@ -15,19 +15,14 @@ import json
 import math
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 from . import methods
-from .architecture import (
-    Architecture,
-    ArchitectureError,
-    TrainExtraMissing,
-    from_hf_config,
-    infer_from_params,
-)
-from .diagnostics import Diagnostic, Location
+from .architecture import Architecture, ArchitectureError, infer_from_params
+from .diagnostics import Diagnostic, DiagnosticError, Location
 from .facts import FactsError
 from .memory import Estimate, MemoryConstants, MemoryProfile, TrainingSetup, profile, usable_gib
 from .methods import MethodConfig
@@ -143,11 +138,16 @@ class Derived:
 
 @dataclass
 class MemoryPoint:
-    """What every decision at one memory point shares: default candidates, candidates by spec, memory facts."""
+    """What every decision at one memory point shares: default candidates, candidates by spec, memory facts.
+
+    A point filled lazily (``Evaluator.outcome`` resolves only the candidates a first hit needs) is
+    ``complete`` only once every default candidate and memory fact has been computed.
+    """
 
     defaults: dict[str, Candidate]
     by_spec: dict[tuple, Candidate]
     flat: dict[str, Any]
+    complete: bool = False
 
 
 class DeriveCache:
@@ -159,30 +159,47 @@ class DeriveCache:
     go first beyond the limits.
     """
 
-    def __init__(self, policy: Any, max_points: int = 4096, max_profiles: int = 16384) -> None:
+    def __init__(self, policy: Any, max_points: int = 4096, max_profiles: int = 65536, max_scratch: int = 2048) -> None:
         self.constants = MemoryConstants.from_policy(policy.memory)
-        self.max_points, self.max_profiles = max_points, max_profiles
+        self.max_points, self.max_profiles, self.max_scratch = max_points, max_profiles, max_scratch
         self.points: OrderedDict[tuple, MemoryPoint] = OrderedDict()
+        self.scratch: OrderedDict[tuple, MemoryPoint] = OrderedDict()  # points what-if searches visit
         self.profiles: OrderedDict[tuple, MemoryProfile] = OrderedDict()
         self.specs: dict[tuple, VerdictSpec] = {}
+        self.row_keys: dict[str, tuple] = {}
         self.then_keys = {r.id: _then_key(r.then) for r in policy.select_rules}
         self.hits = self.misses = 0
 
-    def point(self, key: tuple) -> MemoryPoint | None:
-        """Return the cached memory point, or None."""
-        found = self.points.get(key)
-        if found is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self.points.move_to_end(key)
-        return found
+    def point(self, key: tuple, scratch: bool = False) -> MemoryPoint | None:
+        """Return the cached memory point, or None; ``scratch`` also looks among the what-if points.
 
-    def store(self, key: tuple, value: MemoryPoint) -> None:
-        """Remember a memory point, evicting the least recently used beyond ``max_points``."""
-        self.points[key] = value
-        if len(self.points) > self.max_points:
-            self.points.popitem(last=False)
+        What-if searches visit many points no decision comes back to: they are kept apart, so they
+        never push out the points of real decisions.
+        """
+        found = self.points.get(key)
+        if found is not None:
+            self.hits += 1
+            self.points.move_to_end(key)
+            return found
+        if scratch:
+            found = self.scratch.get(key)
+            if found is not None:
+                self.scratch.move_to_end(key)
+                return found
+        else:
+            found = self.scratch.pop(key, None)  # a decision now needs it: promote it
+            if found is not None:
+                self.store(key, found)
+                return found
+        self.misses += 1
+        return None
+
+    def store(self, key: tuple, value: MemoryPoint, scratch: bool = False) -> None:
+        """Remember a memory point, evicting the least recently used beyond the limit of its kind."""
+        table, limit = (self.scratch, self.max_scratch) if scratch else (self.points, self.max_points)
+        table[key] = value
+        if len(table) > limit:
+            table.popitem(last=False)
 
     def profile(self, key: tuple, make: Any) -> MemoryProfile:
         """Return the profile cached under ``key``, made by ``make()`` the first time."""
@@ -208,28 +225,40 @@ def gpu_spec(policy: Any, hardware: dict) -> GpuSpec:
                    float(hardware.get("host_memory_gb") or 0.0))
 
 
+MAX_CONFIG_FILE_BYTES = 1024 * 1024  # a config.json is a few KiB; anything this large is not one
+
+
 def read_model_config(model: dict, origin: str = "") -> dict:
     """Return the parsed ``model.config`` JSON (a file or a model directory, relative to ``origin``).
 
-    Raises FactsError naming the path when it cannot be read or is not a JSON object.
+    Only a regular file of at most ``MAX_CONFIG_FILE_BYTES`` is read (never a FIFO, a device such
+    as /dev/zero, or a socket); the JSON is parsed strictly (no NaN/Infinity) and checked like
+    inline facts. Raises FactsError naming the path when it cannot be read or is not a JSON object.
     """
+    from .facts import INLINE_CONFIG_LIMITS
+    from .jsonsafe import check_value, loads
+    from .safeio import read_regular_file
+
     config = model["config"]
     path = config if os.path.isabs(config) or not origin else os.path.join(origin, config)
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise FactsError([Diagnostic("facts-bad-model-config", f"not valid JSON: {exc.msg}",
-                                     Location(file, exc.lineno, exc.colno), "give a Hugging Face config.json",
-                                     path="model.config")]) from None
+        raw = read_regular_file(file, MAX_CONFIG_FILE_BYTES)
     except OSError as exc:
         raise FactsError([Diagnostic("facts-bad-model-config", f"cannot read the model config: {exc.strerror}",
                                      Location(file), "check the path given as model.config / --model-config",
                                      path="model.config")]) from None
+    try:
+        data = loads(raw, file, "facts-bad-model-config")
+    except DiagnosticError as exc:
+        raise FactsError([replace(d, code="facts-bad-model-config", help="give a Hugging Face config.json",
+                                  path="model.config") for d in exc.diagnostics]) from None
     if not isinstance(data, dict):
         raise FactsError([Diagnostic("facts-bad-model-config", "a config.json must hold a JSON object",
                                      Location(file, 1, 1), path="model.config")])
+    problems = check_value(data, lambda p, k: Location(file), "facts-bad-model-config", INLINE_CONFIG_LIMITS)
+    if problems:
+        raise FactsError(problems)
     return data
 
 
@@ -239,6 +268,8 @@ def _arch_from_config(canonical: str, origin: str, exact: bool = False) -> Archi
         from .architecture import exact_architecture
 
         return exact_architecture(json.loads(canonical), origin)
+    from .architecture import from_hf_config
+
     return from_hf_config(json.loads(canonical), origin)
 
 
@@ -272,15 +303,19 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
         canonical = json.dumps(content, sort_keys=True)
         try:
             arch = _arch_from_config(canonical, str(model.get("config", "<config>")), exact)
-        except ArchitectureError as exc:
+        except (ArchitectureError, ArithmeticError, TypeError, ValueError) as exc:
+            # ArithmeticError/TypeError/ValueError: values of a config no real model has (overflowing sizes, ...)
+            from .architecture import TrainExtraMissing
+
             needs_extra = isinstance(exc, TrainExtraMissing)
             raise FactsError([Diagnostic(
-                "facts-exact-needs-train-extra" if needs_extra else "facts-bad-model-config", str(exc),
+                "facts-exact-needs-train-extra" if needs_extra else "facts-bad-model-config", str(exc)[:300],
                 Location(str(model.get("config", ""))),
                 "install the training extra (pip install 'finetune-policy[train]') or drop --exact for the closed "
                 "form" if needs_extra else "give a Hugging Face config.json of a supported architecture",
                 path="model.exact" if needs_extra else
-                "model.config" + (f".{exc.field}" if getattr(exc, "field", None) else ""))]) from None
+                "model.config" + (f".{field}" if (field := getattr(exc, "field", None)) else ""))]) from None
+        _check_config_size(arch, model)
         notes.extend(arch.warnings)
         given = model.get("params")
         if given and abs(given - arch.params) / arch.params > 0.05:
@@ -294,6 +329,54 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
         raise FactsError([Diagnostic("facts-cannot-infer-architecture", str(exc), Location("<facts>"),
                                      "give model.config (a config.json) for a model this small",
                                      path="model.params")]) from None
+
+
+def _check_config_size(arch: Architecture, model: dict) -> None:
+    """Raise FactsError when a config describes more parameters than model.params accepts (10T).
+
+    Small models are fine from a config (the bundled tiny test model has 139k parameters); only sizes no
+    real model has, whose memory figures would overflow what the rules engine compares exactly, are refused.
+    """
+    from .facts import count_bounds
+
+    _low, high = count_bounds("model.params")
+    if not (math.isfinite(arch.params) and 0 < arch.params <= high):
+        raise FactsError([Diagnostic("facts-bad-model-config", f"the config describes {arch.params:.4g} parameters, "
+                                     f"more than {high:g}", Location(str(model.get("config", ""))),
+                                     "give the config.json of a real model", path="model.config")])
+
+
+def check_user_targets(arch: Architecture, training: dict) -> None:
+    """Raise FactsError when the facts' training.target_modules name modules this architecture lacks.
+
+    Each unknown name gets its own diagnostic with a did-you-mean among the model's adaptable modules;
+    a preset that selects nothing, or a MoE router, is refused the same way.
+    """
+    from .diagnostics import did_you_mean
+    from .trainable import adaptable_modules, resolve_targets
+
+    wanted = training.get("target_modules")
+    if wanted is None:
+        return
+    valid = adaptable_modules(arch)
+    diags: list[Diagnostic] = []
+    if isinstance(wanted, list):
+        known = set(valid) | {n.rsplit(".", 1)[-1] for n in valid}
+        for i, name in enumerate(wanted):
+            if name not in known and not any(v.endswith("." + name) for v in valid):
+                diags.append(Diagnostic("facts-unknown-target-module",
+                                        f"`{name}` is not a module of {arch.model_type}",
+                                        Location("<facts>"), did_you_mean(str(name), sorted(known)),
+                                        path=f"training.target_modules[{i}]"))
+    if not diags:
+        try:
+            resolve_targets(arch, "lora", tuple(wanted) if isinstance(wanted, list) else wanted)
+        except ValueError as exc:
+            diags.append(Diagnostic("facts-bad-target-modules", str(exc)[:300], Location("<facts>"),
+                                    "name modules of the model's decoder layers, or use all-linear",
+                                    path="training.target_modules"))
+    if diags:
+        raise FactsError(diags)
 
 
 def _method_defaults(policy: Any, method: str) -> dict:
@@ -523,7 +606,7 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
     chosen = _choose(get, training, shardings, batches, limits, gpu, accumulate)
     if chosen is None:
         needed = min(get(_setup(training, sh, gpu, accumulate)).total_gib(batches[-1]) for sh in shardings)
-        steps = []
+        steps: list[tuple[dict, tuple[str, ...], tuple[int, ...], list[str]]] = []
         for step in ladder(spec, gpu, constants):
             if step[1] == ("zero3_offload",):
                 offload = get(_setup(step[0], "zero3_offload", gpu, accumulate))
@@ -551,13 +634,13 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
                      key=lambda sb: get(_setup(training, sb[0], gpu, accumulate)).total_gib(sb[1]))
     sharding, micro_batch = chosen
     per_step = micro_batch * gpu.count
-    steps = max(1, math.ceil(spec.effective_batch / per_step)) if spec.effective_batch else 1
-    exact = get(_setup(training, sharding, gpu, steps > 1)) if accumulate and steps == 1 else \
+    accumulation = max(1, math.ceil(spec.effective_batch / per_step)) if spec.effective_batch else 1
+    exact = get(_setup(training, sharding, gpu, False)) if accumulate and accumulation == 1 else \
         get(_setup(training, sharding, gpu, accumulate))
     est = exact.at(micro_batch)
     training["sharding"] = sharding
     training["micro_batch_size"] = micro_batch
-    training["gradient_accumulation_steps"] = steps
+    training["gradient_accumulation_steps"] = accumulation
     return Candidate(spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules, spec.num_virtual_tokens,
                      spec.adapter_size, spec.init_rank, dict(spec.quantization) if spec.quantization else None,
                      training, dict(spec.multitask) if spec.multitask else None, est, usable, notes, fit_changes)
@@ -602,18 +685,17 @@ def _frozen(value: Any) -> Any:
     return value
 
 
-def _memory_flat(defaults: dict[str, Candidate], facts: dict, arch: Architecture, gpu: GpuSpec,
-                 usable: float) -> dict[str, Any]:
-    user = facts.get("training") or {}
-    train_defaults = defaults["lora"].training
-    flat: dict[str, Any] = {f"training.{key}": user.get(key, train_defaults.get(key)) for key in _FLAT_TRAINING}
-    flat["training.sharding"] = user.get("sharding", "auto")
-    flat.update({
+_LAZY_TRAINING = tuple(f"training.{key}" for key in _FLAT_TRAINING)
+
+
+def _shape_flat(facts: dict, arch: Architecture, gpu: GpuSpec, usable: float) -> dict[str, Any]:
+    """Return the memory-point facts that need no candidate: model shape, hardware, training.sharding."""
+    return {
+        "training.sharding": (facts.get("training") or {}).get("sharding", "auto"),
         "model.params": float(arch.params),
         "hardware.gpu": gpu.name or "",
         "hardware.gpu_memory_gb": gpu.memory_gb,
         "hardware.gpu_count": gpu.count,
-        "data.seq_len": int(facts["data"].get("seq_len") or train_defaults["seq_len"]),
         "model.params_b": arch.params / 1e9,
         "model.num_layers": arch.num_layers,
         "model.hidden_size": arch.hidden_size,
@@ -623,12 +705,7 @@ def _memory_flat(defaults: dict[str, Candidate], facts: dict, arch: Architecture
         "hardware.usable_gb": usable,
         "hardware.bf16": gpu.bf16,
         "hardware.price_per_hour": float(gpu.price_per_hour or 0.0),
-        "fits.any": any(c.fits for c in defaults.values()),
-    })
-    for m, c in defaults.items():
-        flat[f"fits.{m}"] = c.fits
-        flat[f"mem.{m}_gb"] = round(c.estimate.total_gib, 6)
-    return flat
+    }
 
 
 def fact_flat(policy: Any, facts: dict) -> dict[str, Any]:
@@ -658,6 +735,98 @@ def fact_flat(policy: Any, facts: dict) -> dict[str, Any]:
     return flat
 
 
+class _Context:
+    """One derivation's architecture, GPU and memory point, resolving candidates on demand."""
+
+    def __init__(self, policy: Any, facts: dict, origin: str, cache: DeriveCache | None, lazy: bool = False) -> None:
+        self.policy, self.facts, self.cache = policy, facts, cache
+        self.arch, self.notes, self.arch_key = _architecture(facts["model"], origin)
+        self.constants = cache.constants if cache is not None else MemoryConstants.from_policy(policy.memory)
+        self.gpu = gpu_spec(policy, facts["hardware"])
+        self.usable = usable_gib(self.gpu.memory_gb, self.constants)
+        dat = facts["data"]
+        user = facts.get("training")
+        self.user_key = _frozen(user) if user else ()
+        self.seq, self.multi = dat.get("seq_len"), dat.get("num_tasks", 1) > 1
+        key = (self.arch_key, self.gpu, self.user_key, self.seq, self.multi)
+        point = cache.point(key, scratch=lazy) if cache is not None else None
+        if point is None:
+            point = MemoryPoint({}, {}, _shape_flat(facts, self.arch, self.gpu, self.usable))
+            if cache is not None:
+                cache.store(key, point, scratch=lazy)
+        self.point = point
+
+    def candidate(self, then: dict, then_key: str) -> Candidate:
+        """Return the candidate of a rule's ``then`` (or a method's defaults) at this memory point."""
+        use_case = self.facts["task"]["use_case"] if then.get("use_case") else None
+        key = (then_key, _row_key(self.policy, use_case, self.cache))
+        found = self.point.by_spec.get(key)
+        if found is None:
+            gpu = self.gpu
+            found = _candidate(self.policy, then, self.facts, self.arch, self.arch_key, gpu, self.constants,
+                               self.usable, self.cache, (key, gpu.name if not gpu.bf16 else None, gpu.bf16, gpu.count,
+                                                        self.user_key, self.seq, self.multi))
+            self.point.by_spec[key] = found
+        return found
+
+    def default(self, method: str) -> Candidate:
+        """Return ``method`` at its defaults (the candidate behind ``fits.<m>`` and ``mem.<m>_gb``)."""
+        found = self.point.defaults.get(method)
+        if found is None:
+            found = self.point.defaults[method] = self.candidate({"method": method}, f'{{"method": "{method}"}}')
+        return found
+
+    def memory_fact(self, name: str) -> Any:
+        """Return a memory fact that needs candidates (``fits.*``, ``mem.*``, ``training.*``, ``data.seq_len``).
+
+        Raises KeyError for a name that is not one.
+        """
+        flat = self.point.flat
+        if name in flat:
+            return flat[name]
+        if name == "fits.any":
+            value: Any = any(self.default(m).fits for m in methods.method_names())
+        elif name.startswith("fits.") and name[5:] in methods.registry():
+            value = self.default(name[5:]).fits
+        elif name.startswith("mem.") and name.endswith("_gb") and name[4:-3] in methods.registry():
+            value = round(self.default(name[4:-3]).estimate.total_gib, 6)
+        elif name in _LAZY_TRAINING:
+            key = name[9:]
+            value = (self.facts.get("training") or {}).get(key, self.default("lora").training.get(key))
+        elif name == "data.seq_len":
+            value = int(self.seq or self.default("lora").training["seq_len"])
+        else:
+            raise KeyError(name)
+        flat[name] = value
+        return value
+
+    def complete(self) -> MemoryPoint:
+        """Return the memory point with every default candidate and memory fact computed."""
+        point = self.point
+        if not point.complete:
+            for m in methods.method_names():
+                self.default(m)
+            point.defaults = {m: point.defaults[m] for m in methods.method_names()}
+            for name in ("fits.any", *(f"{p}.{m}{s}" for m in methods.method_names()
+                                       for p, s in (("fits", ""), ("mem", "_gb"))), *_LAZY_TRAINING, "data.seq_len"):
+                self.memory_fact(name)
+            point.complete = True
+        return point
+
+
+class LazyFlat(dict):
+    """Flat facts whose memory facts are computed when a condition first reads them."""
+
+    def __init__(self, base: dict[str, Any], context: _Context) -> None:
+        super().__init__(base)
+        self._context = context
+
+    def __missing__(self, key: str) -> Any:
+        value = self._context.memory_fact(key)
+        self[key] = value
+        return value
+
+
 def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None = None) -> Derived:
     """Return the derived facts for normalized ``facts`` under ``policy``.
 
@@ -665,64 +834,45 @@ def derive(policy: Any, facts: dict, origin: str = "", cache: DeriveCache | None
     computed; results are the same with or without it. Raises FactsError when the model config
     cannot be used, ValueError for bad hyperparameters.
     """
-    arch, notes, arch_key = _architecture(facts["model"], origin)
-    _check_user_targets(arch, facts)
-    constants = cache.constants if cache is not None else MemoryConstants.from_policy(policy.memory)
-    gpu = gpu_spec(policy, facts["hardware"])
-    usable = usable_gib(gpu.memory_gb, constants)
-    dat = facts["data"]
-    user_key = _frozen(facts.get("training") or {})
-    multi = dat.get("num_tasks", 1) > 1
-    point_key = (arch_key, gpu, user_key, dat.get("seq_len"), multi)
-    point = cache.point(point_key) if cache is not None else None
-    made = point is None
-    if point is None:
-        point = MemoryPoint({}, {}, {})
-
-    def candidate(then: dict, then_key: str) -> Candidate:
-        use_case = facts["task"]["use_case"] if then.get("use_case") else None
-        key = (then_key, _row_key(policy, use_case))
-        found = point.by_spec.get(key)
-        if found is None:
-            found = _candidate(policy, then, facts, arch, arch_key, gpu, constants, usable, cache,
-                               (key, gpu.name if not gpu.bf16 else None, gpu.bf16, gpu.count, user_key,
-                                dat.get("seq_len"), multi))
-            point.by_spec[key] = found
-        return found
-
-    if made:
-        point.defaults.update({m: candidate({"method": m}, f'{{"method": "{m}"}}') for m in methods.method_names()})
-        point.flat.update(_memory_flat(point.defaults, facts, arch, gpu, usable))
-        if cache is not None:
-            cache.store(point_key, point)
+    ctx = _Context(policy, facts, origin, cache)
+    check_user_targets(ctx.arch, facts.get("training") or {})
+    point = ctx.complete()
     keys = cache.then_keys if cache is not None else {}
-    candidates = {r.id: candidate(r.then, keys.get(r.id) or _then_key(r.then)) for r in policy.select_rules}
+    candidates = {r.id: ctx.candidate(r.then, keys.get(r.id) or _then_key(r.then)) for r in policy.select_rules}
     flat = fact_flat(policy, facts)
     flat.update(point.flat)
-    return Derived(arch, gpu, constants, usable, point.defaults, candidates, flat, notes)
+    return Derived(ctx.arch, ctx.gpu, ctx.constants, ctx.usable, point.defaults, candidates, flat, ctx.notes)
 
 
-def _check_user_targets(arch: Architecture, facts: dict) -> None:
-    """Raise FactsError when the user's ``training.target_modules`` name no module of this architecture."""
-    from .trainable import resolve_targets
+def derive_lazily(policy: Any, facts: dict, origin: str = "",
+                  cache: DeriveCache | None = None) -> tuple[LazyFlat, Callable[[Any], Candidate]]:
+    """Return (flat facts computing memory facts on first read, candidate of a select rule on demand).
 
-    targets = (facts.get("training") or {}).get("target_modules")
-    if not targets:
-        return
-    try:
-        resolve_targets(arch, "lora", tuple(targets) if isinstance(targets, list) else targets)
-    except ValueError as exc:
-        raise FactsError([Diagnostic("facts-bad-target-modules", str(exc), Location("<facts>"),
-                                     "name modules of this model, or use all-linear, attention or mlp",
-                                     path="training.target_modules")]) from None
+    For searches that only need the first rule that holds and fits: candidates and memory facts
+    nothing reads are never resolved. The values are those :func:`derive` gives. Raises FactsError.
+    """
+    ctx = _Context(policy, facts, origin, cache, lazy=True)
+    flat = LazyFlat(fact_flat(policy, facts), ctx)
+    flat.update(ctx.point.flat)
+    keys = cache.then_keys if cache is not None else {}
+
+    def candidate(rule: Any) -> Candidate:
+        return ctx.candidate(rule.then, keys.get(rule.id) or _then_key(rule.then))
+
+    return flat, candidate
 
 
-def _row_key(policy: Any, use_case: str | None) -> tuple | None:
+def _row_key(policy: Any, use_case: str | None, cache: DeriveCache | None = None) -> tuple | None:
     if use_case is None:
         return None
+    if cache is not None and use_case in cache.row_keys:
+        return cache.row_keys[use_case]
     row = policy.use_cases[use_case]
-    return tuple((k, _frozen(row[k])) for k in ("method", "rank", "alpha", "target_modules", "num_virtual_tokens")
-                 if k in row)
+    key = tuple((k, _frozen(row[k])) for k in ("method", "rank", "alpha", "target_modules", "num_virtual_tokens")
+                if k in row)
+    if cache is not None:
+        cache.row_keys[use_case] = key
+    return key
 
 
 def _candidate(policy: Any, then: dict, facts: dict, arch: Architecture, arch_key: tuple, gpu: GpuSpec,
@@ -735,7 +885,13 @@ def _candidate(policy: Any, then: dict, facts: dict, arch: Architecture, arch_ke
         if len(cache.specs) > 65536:
             cache.specs.clear()
         cache.specs[spec_key] = spec
+    got: dict[TrainingSetup, MemoryProfile] = {}
+
     def profile_of(setup: TrainingSetup) -> MemoryProfile:
-        return cache.profile((arch_key, spec.cfg, setup), lambda: profile(arch, spec.cfg, setup, constants))
+        found = got.get(setup)
+        if found is None:
+            found = got[setup] = cache.profile((arch_key, spec.cfg, setup), lambda: profile(arch, spec.cfg, setup,
+                                                                                              constants))
+        return found
 
     return _applied(spec, usable, lambda: candidate_from(spec, arch, gpu, constants, usable, profile_of))

@@ -71,19 +71,40 @@ class DiagnosticError(Exception):
         return [d for d in self.diagnostics if d.severity == "error"]
 
 
-def render_text(diagnostics: Iterable[Diagnostic]) -> str:
-    """Return all diagnostics as text, one block each, followed by a count line."""
+MAX_SHOWN = 50  # diagnostics printed or returned at most; the rest are counted
+
+
+def capped(diagnostics: Iterable[Diagnostic], limit: int = MAX_SHOWN) -> tuple[list[Diagnostic], int]:
+    """Return the first ``limit`` diagnostics and how many more there are (errors before warnings kept in order)."""
     diags = list(diagnostics)
-    lines = [d.render() for d in diags]
+    return diags[:limit], max(0, len(diags) - limit)
+
+
+def render_text(diagnostics: Iterable[Diagnostic]) -> str:
+    """Return the diagnostics as text, one block each (at most ``MAX_SHOWN``), followed by a count line."""
+    diags = list(diagnostics)
+    shown, more = capped(diags)
+    lines = [d.render() for d in shown]
+    if more:
+        lines.append(f"... and {more} more diagnostic(s) not shown")
     n_err = sum(1 for d in diags if d.severity == "error")
     n_warn = len(diags) - n_err
     lines.append(f"{n_err} error(s), {n_warn} warning(s)")
     return "\n".join(lines)
 
 
+def diagnostics_payload(diagnostics: Iterable[Diagnostic]) -> dict:
+    """Return ``{"diagnostics": [...]}`` with at most ``MAX_SHOWN`` entries, plus ``more_diagnostics`` when capped."""
+    shown, more = capped(diagnostics)
+    out: dict = {"diagnostics": [d.to_dict() for d in shown]}
+    if more:
+        out["more_diagnostics"] = more
+    return out
+
+
 def render_json(diagnostics: Iterable[Diagnostic]) -> str:
-    """Return all diagnostics as a JSON document ``{"diagnostics": [...]}``."""
-    return json.dumps({"diagnostics": [d.to_dict() for d in diagnostics]}, indent=2)
+    """Return the diagnostics as a JSON document ``{"diagnostics": [...], "more_diagnostics": n}`` (capped)."""
+    return json.dumps(diagnostics_payload(diagnostics), indent=2)
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

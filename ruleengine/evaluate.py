@@ -15,12 +15,13 @@ pass ``use_engine=False``; their answers are the same by that agreement.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .conditions import Check, Cmp, comparisons, compile_check, to_durable
+from .conditions import Check, Cmp, comparisons, compile_check, compile_predicate, to_durable
 from .cost import CostConstants
-from .derive import Candidate, DeriveCache, Derived, derive
+from .derive import Candidate, DeriveCache, Derived, derive, derive_lazily
 from .durable_host import DurableHostError, DurableRule, MessageValueError, RuleProgram, program_for
 from .trace import AdviseEvent, SelectEvent, TraceEvent
 from .vocabulary import field_name
@@ -41,12 +42,17 @@ def fit_field(order: int) -> str:
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its condition compiled to a check (see ``conditions.compile_check``)."""
+    """A rule with its condition compiled: ``check`` gives the first failure, ``holds`` only the truth."""
 
     id: str
     priority: int
     order: int
     check: Check
+    holds: Callable[[dict[str, Any]], bool]
+
+
+def _compiled(rule: Any) -> CompiledRule:
+    return CompiledRule(rule.id, rule.priority, rule.order, compile_check(rule.when), compile_predicate(rule.when))
 
 
 def _referenced(rules: list) -> tuple[tuple[str, str], ...]:
@@ -92,11 +98,12 @@ class Evaluator:
     def __init__(self, policy: Any) -> None:
         self.policy = policy
         self.sha256 = policy.sha256
-        self.select = [CompiledRule(r.id, r.priority, r.order, compile_check(r.when)) for r in policy.select_rules]
-        self.advise = [CompiledRule(r.id, r.priority, r.order, compile_check(r.when)) for r in policy.advise_rules]
+        self.select = [_compiled(r) for r in policy.select_rules]
+        self.advise = [_compiled(r) for r in policy.advise_rules]
         self.select_fields = _referenced(policy.select_rules)
         self.advise_fields = _referenced(policy.advise_rules)
         self.cache = DeriveCache(policy)
+        self._select_rules = {r.id: r for r in policy.select_rules}
         self.cost_constants = CostConstants.from_policy(policy.cost)
         self.why_not = {m: spec["why_not"] for m, spec in (policy.defaults.get("methods") or {}).items()
                         if spec.get("why_not")}
@@ -120,27 +127,33 @@ class Evaluator:
         return derive(self.policy, facts, origin, self.cache)
 
     def evaluate(self, facts: dict, origin: str = "", *, use_engine: bool = True,
-                 derived: Derived | None = None) -> Evaluation:
+                 derived: Derived | None = None, traced: bool = True) -> Evaluation:
         """Derive facts, choose the method and collect advice, with the trace of every rule.
 
         With ``use_engine`` the choice and the advice also come from durable-rules and must agree
-        (raises EngineDisagreement otherwise). Raises FactsError when the facts cannot be derived.
+        (raises EngineDisagreement otherwise). Without ``traced`` no trace events are built (the
+        choice and the advice are the same): for summaries, where nobody reads why. Raises
+        FactsError when the facts cannot be derived.
         """
         derived = derived if derived is not None else self.derive(facts, origin)
         flat = derived.flat
         candidates = derived.candidates
         trace: list[TraceEvent] = []
         chosen: str | None = None
-        for rule in self.select:
-            cand = candidates[rule.id]
-            failed = rule.check(flat)
-            fits = cand.fits
-            matched = failed is None and fits
-            is_chosen = matched and chosen is None
-            if is_chosen:
-                chosen = rule.id
-            trace.append(SelectEvent(rule.id, rule.priority, rule.order, failed is None, fits, matched, is_chosen,
-                                     cand.label(), cand.method, cand.estimate.total_gib, cand.usable_gb, failed))
+        if traced:
+            for rule in self.select:
+                cand = candidates[rule.id]
+                failed = rule.check(flat)
+                fits = cand.fits
+                matched = failed is None and fits
+                is_chosen = matched and chosen is None
+                if is_chosen:
+                    chosen = rule.id
+                trace.append(SelectEvent(rule.id, rule.priority, rule.order, failed is None, fits, matched,
+                                         is_chosen, cand.label(), cand.method, cand.estimate.total_gib, cand.usable_gb,
+                                         failed))
+        else:
+            chosen = self.choose(facts, origin, derived)[0]
         if use_engine and self.select:
             message = self._message(self.select_fields, flat)
             for rule in self.select:
@@ -156,6 +169,10 @@ class Evaluator:
         flat = {**flat, **verdict_facts(candidate)}
         advice: list[str] = []
         for rule in self.advise:
+            if not traced:
+                if rule.holds(flat):
+                    advice.append(rule.id)
+                continue
             failed = rule.check(flat)
             trace.append(AdviseEvent(rule.id, rule.priority, rule.order, failed is None, failed))
             if failed is None:
@@ -182,9 +199,25 @@ class Evaluator:
         candidates = derived.candidates
         for rule in self.select:
             cand = candidates[rule.id]
-            if cand.fits and rule.check(flat) is None:
+            if cand.fits and rule.holds(flat):
                 return rule.id, cand
         return None, None
+
+    def outcome(self, facts: dict, origin: str = "") -> tuple[tuple[str, int | None], Candidate | None]:
+        """Return (verdict signature, chosen candidate) of hypothetical ``facts``: the first hit, lazily.
+
+        Conditions are checked first and a rule's candidate is resolved only when its conditions
+        hold; memory facts are computed only when a condition reads them (``derive.derive_lazily``).
+        The answer is :meth:`choose`'s. Raises FactsError / ValueError for facts that cannot be derived.
+        """
+        flat, candidate = derive_lazily(self.policy, facts, origin, self.cache)
+        by_id = self._select_rules
+        for rule in self.select:
+            if rule.holds(flat):
+                cand = candidate(by_id[rule.id])
+                if cand.fits:
+                    return cand.signature(), cand
+        return ("infeasible", None), None
 
     @staticmethod
     def _message(fields: tuple[tuple[str, str], ...], flat: dict[str, Any]) -> dict[str, Any]:

@@ -13,16 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostic, DiagnosticError, Location, did_you_mean
+from .jsonsafe import Limits, check_value
 from .paths import load_schema
 from .policy.model import gpu_names
 from .schema_check import validate
-from .units import parse_count
+from .units import format_count, parse_count
 from .yamlsafe import load_yaml_file
 
 # hardware.host_memory_gb when the facts do not give it: unknown. 0 rather than a guessed size so
 # that no plan counts on CPU offload (ZeRO-offload needs optimizer states and gradients in host RAM)
 # unless the user said the host has the RAM; every fact must have a value after normalization.
 UNKNOWN_HOST_MEMORY = 0.0
+
+# Structural limits of facts, checked before the schema: facts nest four levels (data.tasks[i].name), so
+# 8 leaves room for what the schema then names; 20000 values allow data.tasks at its maximum (1000 items).
+FACTS_LIMITS = Limits(max_depth=8, max_nodes=20_000, max_string=4096)
+# An inline model.config (a config.json's content): nested sub-configs (text_config, rope_scaling, ...).
+INLINE_CONFIG_LIMITS = Limits(max_depth=32, max_nodes=50_000, max_string=65_536)
+MAX_INLINE_CONFIG_BYTES = 256 * 1024
 
 
 class FactsError(DiagnosticError):
@@ -91,14 +99,68 @@ def _get(d: dict, dotted: str) -> Any:
     return node
 
 
+def _count_bounds() -> dict[str, tuple[float, float]]:
+    """Return ``{"model.params": (low, high), ...}``: the numeric bounds of every count field of the schema.
+
+    A count may be written as text (``7B``); its value must lie within the bounds of the schema's
+    number form, so both forms of a field share one range, defined once in the schema.
+    """
+    out: dict[str, tuple[float, float]] = {}
+
+    def walk(node: dict, path: str) -> None:
+        for name, sub in (node.get("properties") or {}).items():
+            where = f"{path}.{name}" if path else name
+            forms = sub.get("oneOf") or []
+            number = next((f for f in forms if f.get("type") == "number"), None)
+            if number is not None and any(f.get("$ref", "").endswith("/countText") for f in forms):
+                out[where] = (float(number["minimum"]), float(number["maximum"]))
+            walk(sub, where)
+            if isinstance(sub.get("items"), dict):
+                walk(sub["items"], where + "[]")
+
+    walk(load_schema("facts.schema.json"), "")
+    return out
+
+
+_BOUNDS: dict[str, tuple[float, float]] = {}
+
+
+def count_bounds(field: str) -> tuple[float, float]:
+    """Return the (low, high) bounds of the count field ``field`` (e.g. ``model.params``) from the schema."""
+    if not _BOUNDS:
+        _BOUNDS.update(_count_bounds())
+    return _BOUNDS[field]
+
+
+def _field(path: tuple) -> str:
+    return ".".join("[]" if isinstance(p, int) else p for p in path).replace(".[]", "[]")
+
+
 def _count(inp: FactsInput, diags: list[Diagnostic], path: tuple, value: Any, integer: bool = False) -> float | None:
+    dotted = _fmt_path(path)
     try:
         number = parse_count(value)
     except ValueError as exc:
         diags.append(Diagnostic("facts-bad-count", str(exc), inp.locate(path), "write e.g. 7B, 350M, 50k or 12000",
-                                path=".".join(map(str, path))))
+                                path=dotted))
+        return None
+    if not _BOUNDS:
+        _BOUNDS.update(_count_bounds())
+    low, high = _BOUNDS.get(_field(path), (0.0, float("inf")))
+    if not low <= number <= high:
+        side = f"below {format_count(low)}" if number < low else f"above {format_count(high)}"
+        diags.append(Diagnostic("facts-implausible", f"{dotted} = {number:g} is {side}", inp.locate(path),
+                                f"give a count from {format_count(low)} to {format_count(high)}, e.g. "
+                                + ("7B" if path == ("model", "params") else "50k"), path=dotted))
         return None
     return float(round(number)) if integer else number
+
+
+def _fmt_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str, ...] = ("model", "hardware", "data"),
@@ -109,6 +171,7 @@ def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str
     with every problem found (unknown fields with did-you-mean, wrong types, impossible values).
     """
     inp = given if isinstance(given, FactsInput) else FactsInput(given)
+    check_input(inp)
     diags = validate(inp.data, load_schema("facts.schema.json"), inp.locate, "facts")
     if not isinstance(inp.data, dict):
         raise FactsError(diags)
@@ -118,6 +181,30 @@ def normalize_facts(given: FactsInput | dict, policy: Any, *, require: tuple[str
         if diags:  # values of the wrong shape, already reported by the schema
             raise FactsError(diags) from None
         raise
+
+
+def check_input(inp: FactsInput) -> None:
+    """Refuse facts that are not plain, bounded JSON before anything else looks at them.
+
+    Checks (``ruleengine.jsonsafe``): finite numbers, integers within 64 bits, text without lone
+    surrogates, at most ``FACTS_LIMITS`` (and ``INLINE_CONFIG_LIMITS`` / ``MAX_INLINE_CONFIG_BYTES``
+    for an inline model.config). Raises FactsError (exit 2) with located diagnostics.
+    """
+    import json
+
+    model = inp.data.get("model") if isinstance(inp.data, dict) else None
+    inline = isinstance(model, dict) and isinstance(model.get("config"), dict)
+    diags = check_value(inp.data, inp.locate, "facts", FACTS_LIMITS,
+                        {("model", "config"): INLINE_CONFIG_LIMITS} if inline else None)
+    if not diags and inline and isinstance(model, dict):
+        size = len(json.dumps(model["config"], ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+        if size > MAX_INLINE_CONFIG_BYTES:
+            diags.append(Diagnostic("facts-config-too-large", f"the inline model.config is {size} bytes as JSON "
+                                    f"(at most {MAX_INLINE_CONFIG_BYTES})", inp.locate(("model", "config")),
+                                    "give the model's config.json only (no weights, no tokenizer)",
+                                    path="model.config"))
+    if diags:
+        raise FactsError(diags)
 
 
 def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
@@ -134,14 +221,10 @@ def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
 
     if "model" in require and "params" not in model and "config" not in model:
         diags.append(Diagnostic("facts-missing-model", "the model size is missing", inp.locate(("model",)),
-                                "give model.params (e.g. 7B, flag --model-params) or model.config (a config.json path)",
+                                "give model.params (e.g. 7B, flag --model-params) or model.config (a config.json)",
                                 path="model"))
     if "params" in model:
         model["params"] = _count(inp, diags, ("model", "params"), model["params"])
-        if model["params"] is not None and model["params"] < 1e6:
-            diags.append(Diagnostic("facts-implausible", f"model.params = {model['params']:g} is below 1M",
-                                    inp.locate(("model", "params")), "write the count with a suffix, e.g. 7B",
-                                    path="model.params"))
     if "hardware" in require and "gpu" not in hardware and "gpu_memory_gb" not in hardware:
         diags.append(Diagnostic("facts-missing-gpu", "the GPU is missing", inp.locate(("hardware",)),
                                 "give hardware.gpu (one of: " + ", ".join(policy.gpus) + ") or hardware.gpu_memory_gb",
@@ -209,9 +292,10 @@ def _normalize(inp: FactsInput, policy: Any, require: tuple[str, ...],
 
 
 def _drop_shadowed_shape_errors(diags: list[Diagnostic]) -> None:
-    """Keep one message per bad count: facts-bad-count says more than the schema's shape error."""
-    counted = {d.path for d in diags if d.code == "facts-bad-count"}
-    diags[:] = [d for d in diags if d.code == "facts-bad-count" or d.path not in counted]
+    """Keep one message per bad count: facts-bad-count / facts-implausible say more than the schema's shape error."""
+    own = ("facts-bad-count", "facts-implausible")
+    counted = {d.path for d in diags if d.code in own}
+    diags[:] = [d for d in diags if d.code in own or d.path not in counted]
 
 
 def plain_copy(value: Any) -> Any:

@@ -522,7 +522,10 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
     adapter = c.get("adapter")
     sh = c.get("sharding")
     dt = Dtypes.of(prec, adapter["weight_bytes"])
-    trainable = spec.trainable(arch, cfg)
+    trainable_memo = arch.memo("trainable")
+    trainable = trainable_memo.get(cfg)
+    if trainable is None:
+        trainable = trainable_memo[cfg] = spec.trainable(arch, cfg)
     parts = arch.param_breakdown()
     total_params = int(arch.params)
     n_gpu = setup.gpu_count
@@ -686,8 +689,20 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
     lg = c.get("logits")
     per_logit = (lg["copies_16bit"] * prec["activation_bytes"] + lg["copies_fp32"] * 4
                  + lg["chunk_bytes"] / max(1, lg["chunks"]))
-    activations, tokens, layer_fixed = _activations_per_sequence(arch, cfg, setup, c, dt, arch.vocab_size * per_logit,
-                                                                 notes, rows)
+    if rows is None:  # per-sequence activations depend on these alone: remembered per architecture
+        key = (cfg, setup.precision, setup.seq_len, setup.gradient_checkpointing, setup.attention, id(c))
+        memo = arch.memo("activations")
+        found = memo.get(key)
+        if found is None or found[0] is not c:
+            extra_notes: list[str] = []
+            result = _activations_per_sequence(arch, cfg, setup, c, dt, arch.vocab_size * per_logit, extra_notes,
+                                               None)
+            found = memo[key] = (c, result, tuple(extra_notes))
+        activations, tokens, layer_fixed = found[1]
+        notes.extend(found[2])
+    else:
+        activations, tokens, layer_fixed = _activations_per_sequence(arch, cfg, setup, c, dt,
+                                                                     arch.vocab_size * per_logit, notes, rows)
     logits = tokens * arch.vocab_size * per_logit
     if rows is not None:
         rows.append(Term("logits", "logits and cross-entropy",

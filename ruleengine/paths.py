@@ -17,6 +17,8 @@ from functools import cache
 from importlib.resources import as_file, files
 from pathlib import Path
 
+from .exitcodes import ExitCode
+
 _PACKAGE = "ruleengine._bundled"
 _CHECKOUT = Path(__file__).resolve().parent.parent
 _extracted = ExitStack()  # holds as_file() copies of a zipped install until exit
@@ -24,7 +26,9 @@ atexit.register(_extracted.close)
 
 
 class BundledDataMissing(FileNotFoundError):
-    """A bundled folder or file is in neither the installed package nor a source checkout."""
+    """A bundled folder or file is in neither the installed package nor a source checkout (a broken install)."""
+
+    exit_code = ExitCode.INTERNAL
 
 
 @cache

@@ -11,12 +11,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from . import explain, whatif
+from . import explain
 from .decision import Decision, new_decision_id
 from .estimates import architecture_dict, method_breakdowns, method_estimates
 from .evaluate import Evaluation, Evaluator
 from .facts import FactsInput, normalize_facts, plain_copy
 from .templates import render_message
+
+INLINE_CONFIG = "<inline>"  # normalized model.config of a config given as an object (content in config_content)
 
 
 def normalized_facts(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",
@@ -24,16 +26,25 @@ def normalized_facts(evaluator: Evaluator, given: dict | FactsInput, *, origin: 
                      require: tuple[str, ...] = ("model", "hardware", "data")) -> dict:
     """Return complete, typed facts for ``given`` under the evaluator's policy.
 
-    The content of ``model.config`` is read once (relative to ``origin``) and recorded as
-    ``model.config_content`` so a replay never depends on the file; ``model_config`` supplies that
-    content directly (replay of a recorded decision). Raises FactsError (exit 2).
+    The content of ``model.config`` is read once (a path, relative to ``origin``; or the inline object
+    itself, whose place then says ``<inline>``) and recorded as ``model.config_content`` so a replay
+    never depends on the file; ``model_config`` supplies that content directly (replay of a recorded
+    decision). Raises FactsError (exit 2).
     """
     from .derive import read_model_config
 
     facts = normalize_facts(given, evaluator.policy, require=require)
-    if facts["model"].get("config"):
-        facts["model"]["config_content"] = model_config if model_config is not None else read_model_config(
-            facts["model"], origin)
+    model = facts["model"]
+    if model.get("config"):
+        if model_config is not None:
+            content = model_config
+        elif isinstance(model["config"], dict):
+            content = model["config"]
+        else:
+            content = read_model_config(model, origin)
+        if isinstance(model["config"], dict):  # an inline config: its content is recorded once, under config_content
+            model["config"] = INLINE_CONFIG
+        model["config_content"] = content
     return facts
 
 
@@ -69,6 +80,12 @@ def _messages(evaluator: Evaluator, ev: Evaluation) -> tuple[list[dict], list[di
     return warnings, notes, rationale, source
 
 
+def _whatif() -> Any:
+    from . import whatif  # only infeasible decisions and explanations search: not loaded for the others
+
+    return whatif
+
+
 def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", explain_all: bool = False,
            model_config: dict | None = None) -> Decision:
     """Return the Decision for ``given`` facts under the evaluator's policy.
@@ -87,9 +104,9 @@ def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", 
     warnings, notes, rationale, source = _messages(evaluator, ev)
     estimates = method_estimates(evaluator.cost_constants, ev.derived, facts)
     rejected = explain.rejected_methods(ev.trace, ev.derived, ev.candidate, evaluator.why_not)
-    suggestions = [] if ev.candidate else whatif.suggestions(evaluator, facts, origin)
+    suggestions = [] if ev.candidate else _whatif().suggestions(evaluator, facts, origin)
     t3 = time.perf_counter()
-    counterfactuals = whatif.counterfactuals(evaluator, facts, ev, origin) if explain_all else None
+    counterfactuals = _whatif().counterfactuals(evaluator, facts, ev, origin) if explain_all else None
     t4 = time.perf_counter()
     policy = evaluator.policy
     return Decision(
@@ -109,6 +126,35 @@ def decide(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "", 
         architecture=architecture_dict(ev.derived.arch),
         counterfactuals=counterfactuals, candidate=ev.candidate, derivation=ev.derived,
     )
+
+
+def summary_of(decision: Decision) -> dict:
+    """Return the compact form of a decision: id, verdict, chosen rule, memory, warning/note codes, suggestions."""
+    chosen = decision.candidate
+    return {"decision_id": decision.decision_id, "feasible": decision.feasible, "verdict": decision.verdict,
+            "chosen_rule": decision.chosen_rule,
+            "memory_gb": round(chosen.estimate.total_gib, 3) if chosen is not None else None,
+            "warnings": [w["code"] for w in decision.warnings], "notes": [n["code"] for n in decision.notes],
+            "suggestions": [s["text"] for s in decision.suggestions]}
+
+
+def summarize(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",
+              model_config: dict | None = None) -> dict:
+    """Return ``summary_of(decide(...))`` without building what a summary leaves out.
+
+    The same choice and advice through durable-rules, but no trace, no estimate table and no
+    rejection reasons: for bulk decisions (`decide batch`). Raises as :func:`decide`.
+    """
+    inp = given if isinstance(given, FactsInput) else FactsInput(given)
+    facts = normalized_facts(evaluator, inp, origin=origin, model_config=model_config)
+    ev = evaluator.evaluate(facts, origin, traced=False)
+    warnings, notes, _, _ = _messages(evaluator, ev)
+    suggestions = [] if ev.candidate else _whatif().suggestions(evaluator, facts, origin)
+    return {"decision_id": new_decision_id(), "feasible": ev.candidate is not None,
+            "verdict": ev.candidate.verdict() if ev.candidate else None, "chosen_rule": ev.chosen,
+            "memory_gb": round(ev.candidate.estimate.total_gib, 3) if ev.candidate is not None else None,
+            "warnings": [w["code"] for w in warnings], "notes": [n["code"] for n in notes],
+            "suggestions": [s["text"] for s in suggestions]}
 
 
 def estimate(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",

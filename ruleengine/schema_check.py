@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:  # pragma: no cover - typing only; jsonschema is imported when input is invalid
+    import jsonschema
 
 from .diagnostics import Diagnostic, Location, did_you_mean
 
@@ -34,7 +35,7 @@ def _best(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
 
 
 _FAST: dict[int, tuple[dict, Any]] = {}
-_SLOW: dict[int, tuple[dict, jsonschema.Draft202012Validator]] = {}
+_SLOW: dict[int, tuple[dict, Any]] = {}
 
 
 def _fast_valid(data: Any, schema: dict) -> bool:
@@ -56,6 +57,8 @@ def _fast_valid(data: Any, schema: dict) -> bool:
 
 
 def _validator(schema: dict) -> jsonschema.Draft202012Validator:
+    import jsonschema  # 40 ms to import: only for input the compiled validator does not accept
+
     found = _SLOW.get(id(schema))
     if found is None or found[0] is not schema:
         found = (schema, jsonschema.Draft202012Validator(schema))

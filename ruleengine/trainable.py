@@ -52,6 +52,12 @@ _PEFT_MOE_REWRITE: dict[str, dict[str, str]] = {
 }
 
 
+def adaptable_modules(arch: Architecture) -> list[str]:
+    """Return the names of the modules (per decoder layer) an adapter may target, in forward order."""
+    infos = arch.linears()
+    return [n for n in infos if infos[n].kind in ADAPTER_KINDS]
+
+
 def _peft_default(arch: Architecture, method: str) -> tuple[str, ...] | None:
     """Return peft's default target_modules for ``method`` on this family (peft utils/constants.py), or None."""
     from .architecture.families import ALIASES, FAMILIES
@@ -84,11 +90,12 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
 
     Remembered per Architecture object (the decision hot path resolves the same targets per estimate).
     """
-    key = (method, tuple(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules)
-    memo: dict = arch.__dict__.setdefault("_memo", {}).setdefault("targets", {})
-    if key not in memo:
-        memo[key] = _resolve_targets(arch, method, target_modules)
-    return memo[key]
+    key = (method, tuple(target_modules) if isinstance(target_modules, list) else target_modules)
+    memo = arch.memo("targets")
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = _resolve_targets(arch, method, target_modules)
+    return found
 
 
 def _resolve_targets(arch: Architecture, method: str, target_modules: str | Iterable[str] | None) -> tuple[str, ...]:

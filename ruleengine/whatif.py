@@ -7,7 +7,6 @@ below this module calls it.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from .conditions import comparisons
@@ -21,23 +20,29 @@ from .units import format_value as _fmt
 def _outcome(evaluator: Evaluator, facts: dict, origin: str) -> tuple[tuple, Candidate | None] | None:
     """Return (verdict signature, chosen candidate) for hypothetical ``facts``, or None when they are invalid."""
     try:
-        ev = evaluator.evaluate(facts, origin, use_engine=False)
+        return evaluator.outcome(facts, origin)
     except (FactsError, ValueError, ZeroDivisionError):
         return None
-    return ev.signature(), ev.candidate
+
+
+def _fits(res: tuple[tuple, Candidate | None] | None) -> bool:
+    return bool(res and res[1] is not None)
 
 
 def _with(facts: dict, path: str, value: Any) -> dict:
-    out = copy.deepcopy(facts)
+    """Return ``facts`` with one fact changed (a new dict for the changed group; the rest shared, never mutated)."""
     group, key = path.split(".")
-    out[group][key] = value
+    changed = {**facts[group], key: value}
     if path == "model.params":
-        out["model"].pop("config", None)
-    return out
+        changed.pop("config", None)
+        changed.pop("config_content", None)
+    return {**facts, group: changed}
 
 
 #: host RAM per node tried to see whether ZeRO-3 CPU offload would make an infeasible decision feasible
 HOST_PROBE_GIB = 8192.0
+#: the shortest data sequence length suggested
+MIN_SUGGESTED_SEQ_LEN = 128
 
 
 def _default_seq_len(evaluator: Evaluator) -> int:
@@ -50,62 +55,70 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
     Tries, in order: a larger GPU from the catalog, more GPUs (sharded), enough host RAM for ZeRO-3
     CPU offload (how much, per node), the longest data sequence length that fits (halving from the
     current one), and the largest model that fits. Never suggests a method that does not fit: every
-    suggestion is a real evaluation of the policy.
+    suggestion is a real evaluation of the policy. The largest GPU, the largest GPU count and the
+    shortest sequence are tried first and the others only when those help: a policy where more
+    memory turns a feasible decision infeasible fails `decide check --properties` anyway.
     """
     policy = evaluator.policy
     out: list[dict] = []
     hw = facts["hardware"]
     count = int(hw.get("gpu_count", 1))
-    for name, spec in sorted(policy.gpus.items(), key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"])):
-        trial = copy.deepcopy(facts)
-        trial["hardware"] = {**{k: v for k, v in hw.items() if k not in ("gpu", "gpu_memory_gb")}, "gpu": name,
-                             "gpu_count": count}
-        res = _outcome(evaluator, trial, origin)
-        if res and res[1] is not None:
-            out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
-                        "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
-            break
-    for n in (2, 4, 8, 16, 32, 64):
-        if n <= count:
-            continue
-        trial = _with(facts, "hardware.gpu_count", n)
-        res = _outcome(evaluator, trial, origin)
-        if res and res[1] is not None:
-            label = hw.get("gpu") or f"{hw.get('gpu_memory_gb')} GiB GPUs"
-            out.append({"kind": "more-gpus", "facts": {"hardware.gpu_count": n}, "verdict": res[1].label(),
-                        "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
-            break
-    if float(hw.get("host_memory_gb") or 0) < HOST_PROBE_GIB:
-        trial = copy.deepcopy(facts)
-        trial["hardware"]["host_memory_gb"] = HOST_PROBE_GIB
-        res = _outcome(evaluator, trial, origin)
+    current = float(hw.get("gpu_memory_gb") or policy.gpus.get(hw.get("gpu") or "", {}).get("memory_gb") or 0.0)
+    larger = [(name, spec) for name, spec in sorted(policy.gpus.items(),
+                                                    key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"]))
+              if spec["memory_gb"] > current]  # no more memory than today's GPU cannot fit what does not
+    other_hw = {k: v for k, v in hw.items() if k not in ("gpu", "gpu_memory_gb")}  # host memory stays
+
+    def on_gpu(name: str) -> dict:
+        return {**facts, "hardware": {**other_hw, "gpu": name, "gpu_count": count}}
+
+    # the largest GPU first: when even it does not help, the smaller ones are not tried one by one
+    if larger and _fits(_outcome(evaluator, on_gpu(larger[-1][0]), origin)):
+        for name, spec in larger:
+            res = _outcome(evaluator, on_gpu(name), origin)
+            if res and res[1] is not None:
+                out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
+                            "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                            "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
+                break
+    counts = [n for n in (2, 4, 8, 16, 32, 64) if n > count]
+    if counts and _fits(_outcome(evaluator, _with(facts, "hardware.gpu_count", counts[-1]), origin)):
+        for n in counts:
+            res = _outcome(evaluator, _with(facts, "hardware.gpu_count", n), origin)
+            if res and res[1] is not None:
+                label = hw.get("gpu") or f"{hw.get('gpu_memory_gb')} GiB GPUs"
+                out.append({"kind": "more-gpus", "facts": {"hardware.gpu_count": n}, "verdict": res[1].label(),
+                            "memory_gb": round(res[1].estimate.total_gib, 2),
+                            "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
+                break
+    if float(hw.get("host_memory_gb") or 0) < HOST_PROBE_GIB:  # would ZeRO-3 CPU offload fit, given host RAM?
+        res = _outcome(evaluator, _with(facts, "hardware.host_memory_gb", HOST_PROBE_GIB), origin)
         if res and res[1] is not None and res[1].training.get("sharding") == "zero3_offload":
             need = res[1].estimate.cpu_offload_gib * min(count, 8)
             out.append({"kind": "host-memory", "facts": {"hardware.host_memory_gb": round(need)},
                         "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
                         "text": f"with {need:.0f} GiB of host RAM per node (hardware.host_memory_gb; ZeRO-3 CPU "
                                 f"offload): {res[1].label()}"})
-    seq = int((facts.get("training") or {}).get("seq_len") or facts["data"].get("seq_len") or 0)
-    if not seq:
-        seq = int(_default_seq_len(evaluator))
-    shorter = seq // 2
-    while shorter >= 128:
-        trial = copy.deepcopy(facts)
-        trial["data"]["seq_len"] = shorter
-        (trial.get("training") or {}).pop("seq_len", None)
-        res = _outcome(evaluator, trial, origin)
-        if res and res[1] is not None:
-            out.append({"kind": "shorter-sequences", "facts": {"data.seq_len": shorter}, "verdict": res[1].label(),
-                        "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"if the data's sequences are at most {shorter} tokens (data.seq_len): "
-                                f"{res[1].label()}"})
-            break
-        shorter //= 2
+    training = facts.get("training") or {}
+    if "seq_len" not in training:  # the data's own length bounds the sequence; a set training.seq_len is the user's
+        seq = int(facts["data"].get("seq_len") or _default_seq_len(evaluator))
+        lengths = []
+        while seq // 2 >= MIN_SUGGESTED_SEQ_LEN:
+            seq //= 2
+            lengths.append(seq)
+        # the shortest first: when even it does not fit, the longer ones are not tried one by one
+        if lengths and _fits(_outcome(evaluator, _with(facts, "data.seq_len", lengths[-1]), origin)):
+            for length in lengths:
+                res = _outcome(evaluator, _with(facts, "data.seq_len", length), origin)
+                if res and res[1] is not None:
+                    out.append({"kind": "shorter-sequences", "facts": {"data.seq_len": length},
+                                "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                                "text": f"if the data's sequences are at most {length} tokens (data.seq_len): "
+                                        f"{res[1].label()}"})
+                    break
     lo, hi = 1e8, float(facts["model"].get("params") or 0)
     if hi > lo and (res := _outcome(evaluator, _with(facts, "model.params", lo), origin)) and res[1] is not None:
-        for _ in range(24):
+        while hi / lo > 1.01:  # within 1% of the boundary (lo always fits, so the suggestion holds)
             mid = (lo * hi) ** 0.5
             r = _outcome(evaluator, _with(facts, "model.params", mid), origin)
             if r and r[1] is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from .diagnostics import Diagnostic, DiagnosticError, Location
 
 MAX_BYTES = 2 * 1024 * 1024
 MAX_NODES = 200_000
+MAX_DEPTH = 64  # policies nest a dozen levels, facts four; deeper documents are refused, never recursed into
 
 Path = tuple  # tuple[str | int, ...]
 _COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
@@ -55,6 +57,9 @@ class _Builder:
             raise DiagnosticError([Diagnostic(
                 "yaml-too-many-nodes", f"document expands to more than {MAX_NODES} nodes",
                 self._loc(node), "remove anchors/aliases that multiply content (an alias bomb?)")])
+        if len(path) > MAX_DEPTH:
+            raise DiagnosticError([Diagnostic("yaml-too-deep", f"the document nests more than {MAX_DEPTH} levels",
+                                              self._loc(node), "flatten the structure")])
         self.doc.values[path] = self._loc(node)
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _COLLECTION_TAGS:
             self.diags.append(Diagnostic("yaml-bad-value", f"tag {node.tag} is not allowed", self._loc(node),
@@ -81,24 +86,49 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             self.diags.append(Diagnostic("yaml-bad-value", str(exc.problem or exc), self._loc(node),
                                          "only plain YAML values are allowed (no tags)"))
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.diags.append(Diagnostic("yaml-not-finite", f"`{node.value}` is not a finite number", self._loc(node),
+                                         "NaN and infinity are not accepted; give a finite number (or quote text)"))
+            return None
+        return value
+
+
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)  # libyaml: the same nodes and marks, ten times faster
+
+
+def _compose(text: str) -> list[Any]:
+    """Return the node trees of every document in ``text``; raises yaml.YAMLError as PyYAML's own loader does.
+
+    libyaml composes when PyYAML was built with it; a document it rejects is composed again by the
+    Python loader, so every syntax error reads the same whichever parser found it.
+    """
+    if _FAST_LOADER is not None:
+        try:
+            return list(yaml.compose_all(text, Loader=_FAST_LOADER))
+        except yaml.YAMLError:
+            pass
+    return list(yaml.compose_all(text, Loader=yaml.SafeLoader))
 
 
 def load_yaml_text(text: str, file: str) -> LocatedDoc:
     """Parse one YAML document with safe_load semantics and return it with its locations.
 
-    Raises DiagnosticError for syntax errors, oversized or alias-bomb documents, several
-    documents in one stream, duplicate keys and unsafe tags.
+    Raises DiagnosticError for syntax errors, oversized, too deep or alias-bomb documents, several
+    documents in one stream, duplicate keys, unsafe tags and non-finite numbers (``.nan``, ``.inf``).
     """
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise DiagnosticError([Diagnostic("yaml-too-large", f"file is larger than {MAX_BYTES} bytes",
                                           Location(file, 1, 1), "split it or remove generated content")])
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = _compose(text)
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise DiagnosticError([Diagnostic("yaml-too-deep", f"the document nests more than {MAX_DEPTH} levels",
+                                          Location(file, 1, 1), "flatten the structure")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)

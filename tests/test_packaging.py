@@ -92,7 +92,7 @@ def test_code_and_data_come_from_site_packages(installed):
     found = installed.probe("""
         import json, sys
         from importlib.metadata import distribution
-        import ruleengine.cli, executors.cli
+        import ruleengine.cli, ruleengine.cli.train
         from ruleengine import paths
         dist = distribution("finetune-policy")
         print(json.dumps({

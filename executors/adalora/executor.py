@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..base import PlanContext, resolve_target_modules
@@ -77,3 +78,28 @@ class AdaLoraExecutor(LoraExecutor):
         from .callback import AdaLoraAllocationCallback
 
         return [AdaLoraAllocationCallback()]
+
+    def save_checkpoint_state(self, model: Any, folder: str, write: bool = True) -> None:
+        """Write ``adalora_state.pt``: the unpruned adapter tensors, the rank pattern and the rank allocator's scores.
+
+        peft saves an AdaLoRA adapter pruned to its current rank pattern, which cannot be loaded back
+        into the training model (size mismatch), and keeps the allocator's importance scores only in
+        memory; both are needed to continue a run exactly. Every process must call this (sharded
+        parameters are gathered); only ``write`` ones write.
+        """
+        from .checkpoint import save_state
+
+        save_state(model, os.path.join(folder, STATE_NAME), write)
+
+    def load_checkpoint_state(self, model: Any, folder: str) -> bool:
+        """Restore what :meth:`save_checkpoint_state` wrote; returns False when the checkpoint has no such file."""
+        from .checkpoint import load_state
+
+        path = os.path.join(folder, STATE_NAME)
+        if not os.path.isfile(path):
+            return False
+        load_state(model, path)
+        return True
+
+
+STATE_NAME = "adalora_state.pt"

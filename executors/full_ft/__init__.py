@@ -15,6 +15,7 @@ class FullFineTuneExecutor(Executor):
     method = "full_ft"
 
     can_quantize = False
+    can_merge = False  # the artifact is already the whole model
     artifact_dir = "model"
 
     def check(self, ctx: PlanContext) -> list[Diagnostic]:
@@ -45,10 +46,6 @@ class FullFineTuneExecutor(Executor):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"no trained model at {path}")
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(plan["model"]["dtype"])).eval()
-
-    def merge(self, output_dir: str, plan: dict, destination: str) -> None:
-        """Do nothing: a fully fine-tuned model is already complete (the plan warned about --merge)."""
-        return None
 
 
 __all__ = ["FullFineTuneExecutor"]

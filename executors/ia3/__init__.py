@@ -12,7 +12,6 @@ class IA3Executor(Executor):
     method = "ia3"
 
     peft_config_class = "IA3Config"
-    merge_blocked_when_quantized = True
 
     def peft_kwargs(self, verdict: dict, ctx: PlanContext) -> dict:
         """Return the IA3Config kwargs: concrete target_modules and the feedforward subset of them.

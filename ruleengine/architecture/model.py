@@ -14,8 +14,12 @@ tests/ruleengine/test_architecture.py).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Roles of linear layers. Attention: separate q/k/v/o, fused qkv, DeepSeek MLA's low-rank
 # projections. MLP: gate/up/down (gate_up when fused), fc1/fc2 of a plain MLP ("up"/"down"),
@@ -35,6 +39,22 @@ class ArchitectureError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.message} (field `{self.field}`)" if self.field else self.message
+
+
+def _memo(method: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Compute a no-argument method of a frozen Architecture once per instance (read the result, never mutate it)."""
+    name = "_memo_" + method.__name__
+
+    @functools.wraps(method)
+    def wrapper(self: Any) -> T:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            value = method(self)
+            object.__setattr__(self, name, value)  # frozen dataclass: fields stay untouched, this is a cache
+            return value
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -214,9 +234,6 @@ class Architecture:
     warnings: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        # derived structures computed once per object (the decision hot path asks for them per estimate);
-        # not a dataclass field, so equality, hashing, replace() and asdict() ignore it
-        object.__setattr__(self, "_memo", {})
         if not self.layer_groups:
             object.__setattr__(self, "layer_groups", _scalar_groups(self))
         if self.top_params < 0:
@@ -239,41 +256,37 @@ class Architecture:
         """Return the width of the token embedding and of the lm_head input."""
         return self.word_embed_proj_dim or self.hidden_size
 
-    def _memoized(self, key: str, make: Any) -> Any:
-        memo: dict = self.__dict__["_memo"]
-        if key not in memo:
-            memo[key] = make()
-        return memo[key]
-
+    @_memo
     def linears(self) -> dict[str, Linear]:
         """Return every distinct linear map of the decoder layers by peft name, in forward order.
 
         A model with dense and MoE layers lists the union; :meth:`module_counts` says how many
         instances of each exist.
         """
-        def make() -> dict[str, Linear]:
-            out: dict[str, Linear] = {}
-            for group in self.layer_groups:
-                for m in group.linears:
-                    out.setdefault(m.name, m)
-            return out
+        out: dict[str, Linear] = {}
+        for group in self.layer_groups:
+            for m in group.linears:
+                out.setdefault(m.name, m)
+        return out
 
-        return dict(self._memoized("linears", make))
-
+    @_memo
     def attention_modules(self) -> tuple[str, ...]:
         """Return the names of the attention linear layers in forward order (q, k, v, output projection)."""
         return tuple(n for n, m in self.linears().items() if m.block == "attention")
 
+    @_memo
     def mlp_modules(self) -> tuple[str, ...]:
         """Return the names of the MLP linear layers; the last one is an output (down) projection."""
         mlp = [n for n, m in self.linears().items() if m.block == "mlp"]
         downs = [n for n in mlp if self.linears()[n].role == "down"]
         return tuple([n for n in mlp if n not in downs] + downs)
 
+    @_memo
     def feedforward_modules(self) -> tuple[str, ...]:
         """Return the modules peft's IA3 treats as feed-forward by default (scale the input, not the output)."""
         return tuple(n for n, m in self.linears().items() if m.role == "down" and m.kind == "linear")
 
+    @_memo
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         """Return the linear layers of one decoder layer as ``{name: (d_in, d_out)}`` in forward order.
 
@@ -283,17 +296,16 @@ class Architecture:
         """
         return {n: (m.d_in, m.d_out) for n, m in self.linears().items()}
 
+    @_memo
     def module_counts(self) -> dict[str, int]:
         """Return ``{name: instances in the whole model}``: layers holding it x copies per layer (experts)."""
-        def make() -> dict[str, int]:
-            out: dict[str, int] = {}
-            for group in self.layer_groups:
-                for m in group.linears:
-                    out[m.name] = out.get(m.name, 0) + group.count * m.copies
-            return out
+        out: dict[str, int] = {}
+        for group in self.layer_groups:
+            for m in group.linears:
+                out[m.name] = out.get(m.name, 0) + group.count * m.copies
+        return out
 
-        return dict(self._memoized("module_counts", make))
-
+    @_memo
     def active_module_counts(self) -> dict[str, float]:
         """Return ``{name: instances one token passes through in the whole model}``.
 
@@ -324,10 +336,10 @@ class Architecture:
         """Return the number of decoder layers with a dense MLP."""
         return sum(g.count for g in self.layer_groups if g.kind == "dense")
 
+    @_memo
     def expert_params(self) -> int:
         """Return the weights of all routed experts of all layers (what top-k routing leaves mostly idle)."""
-        return int(self._memoized("expert_params", lambda: sum(
-            g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind == "expert")))
+        return sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind == "expert")
 
     @property
     def active_params(self) -> int:
@@ -339,14 +351,17 @@ class Architecture:
 
     # --- parameter counts ---------------------------------------------------------------------
 
+    @_memo
     def layer_linear_params(self) -> int:
         """Return the linear weight elements (no biases) of the largest decoder layer."""
         return max(g.linear_weight_params() for g in self.layer_groups)
 
+    @_memo
     def layer_params(self) -> int:
         """Return all parameters of the largest decoder layer (what ZeRO-3/FSDP gathers at once)."""
-        return int(self._memoized("layer_params", lambda: max(g.params() for g in self.layer_groups)))
+        return max(g.params() for g in self.layer_groups)
 
+    @_memo
     def layers_params(self) -> int:
         """Return the parameters of all decoder layers together."""
         return sum(g.count * g.params() for g in self.layer_groups)
@@ -355,6 +370,7 @@ class Architecture:
         """Return the token embedding plus an untied lm_head (their weights)."""
         return self.vocab_size * self.embed_dim * (1 if self.tie_word_embeddings else 2)
 
+    @_memo
     def param_breakdown(self) -> dict[str, int]:
         """Return ``{"linear", "embedding", "other"}`` parameter counts that sum to ``params``.
 
@@ -365,16 +381,27 @@ class Architecture:
         the embedding and other parts come from the shape and the rest of the given count is
         taken as linear weights.
         """
-        def make() -> dict[str, int]:
-            linear = sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind != "router")
-            embedding = self.embedding_params()
-            other = self.params - linear - embedding
-            if self.source == "inferred":
-                other = shape_params(self) - embedding - linear
-                linear = max(self.params - embedding - other, 0)
-            return {"linear": int(linear), "embedding": int(embedding), "other": int(other)}
+        linear = sum(g.count * m.weight_params for g in self.layer_groups for m in g.linears if m.kind != "router")
+        embedding = self.embedding_params()
+        other = self.params - linear - embedding
+        if self.source == "inferred":
+            other = shape_params(self) - embedding - linear
+            linear = max(self.params - embedding - other, 0)
+        return {"linear": int(linear), "embedding": int(embedding), "other": int(other)}
 
-        return dict(self._memoized("param_breakdown", make))
+    def memo(self, kind: str) -> dict:
+        """Return this instance's cache for results computed from it (``kind`` names what is cached).
+
+        For pure functions of an architecture and other hashable inputs (targets resolved for a
+        preset, trainable counts, per-layer activation bytes): the architecture is immutable, so the
+        entries stay valid for its lifetime and are dropped with it.
+        """
+        key = "_memo_dict_" + kind
+        found = self.__dict__.get(key)
+        if found is None:
+            found = {}
+            object.__setattr__(self, key, found)
+        return found
 
     def with_params(self, total: int) -> Architecture:
         """Return a copy with ``params`` set to ``total``."""

@@ -132,6 +132,10 @@ class AuditWriter:
         """Chain already prepared records (their snapshots stored); return their ids. Raises like ``append``."""
         return self._commit(_Pending(list(records)))
 
+    def ensure_snapshot(self, policy: PolicyLike) -> None:
+        """Store ``policy``'s snapshot once (before ``append_prepared`` of its records). Raises like ``append``."""
+        self._ensure_snapshot(policy)
+
     def _ensure_snapshot(self, policy: PolicyLike) -> None:
         sha = policy.sha256
         if sha in self._snapshots:

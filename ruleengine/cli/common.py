@@ -22,21 +22,43 @@ from ..exitcodes import ExitCode, help_text
 
 EXIT_CODES_HELP = help_text()
 
+
+class FiniteFloat(click.ParamType):
+    """A float flag that refuses NaN and infinity (click's FLOAT takes ``nan`` and ``inf``)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Return the finite float ``value`` stands for; fail with a usage error (exit 2) otherwise."""
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (NaN and infinity are not accepted)", param, ctx)
+        return number
+
+
+FINITE_FLOAT = FiniteFloat()
+
 # --- fact flags: every facts field has a flag ------------------------------------------------
 
 FACT_FLAGS: list[tuple[str, tuple, Any, str]] = [
     # (option, facts path, click type, help)
     ("--model-params", ("model", "params"), str, "model size, e.g. 7B, 1.1B, 350M [model.params]"),
-    ("--model-config", ("model", "config"), str, "path to a Hugging Face config.json [model.config]"),
+    ("--model-config", ("model", "config"), str, "path to a Hugging Face config.json, a regular file of at most "
+     "1 MiB [model.config]"),
     ("--model-name", ("model", "name"), str, "model label, for the record only [model.name]"),
     ("--exact/--no-exact", ("model", "exact"), None, "count the architecture of --model-config with transformers "
      "on the meta device: any model_type transformers knows (needs the train extra) [model.exact]"),
     ("--gpu", ("hardware", "gpu"), str, "GPU catalog name, e.g. a100-80gb [hardware.gpu]"),
-    ("--gpu-memory-gb", ("hardware", "gpu_memory_gb"), float, "memory of one GPU in GiB [hardware.gpu_memory_gb]"),
+    ("--gpu-memory-gb", ("hardware", "gpu_memory_gb"), FINITE_FLOAT, "memory of one GPU in GiB [hardware.gpu_memory_gb]"),
     ("--gpus", ("hardware", "gpu_count"), int, "number of GPUs [hardware.gpu_count]"),
-    ("--host-memory-gb", ("hardware", "host_memory_gb"), float, "host RAM of one node in GiB [hardware.host_memory_gb]"),
+    ("--host-memory-gb", ("hardware", "host_memory_gb"), FINITE_FLOAT, "host RAM of one node in GiB [hardware.host_memory_gb]"),
     ("--examples", ("data", "examples"), str, "training examples, e.g. 50k [data.examples]"),
-    ("--avg-tokens", ("data", "avg_tokens"), float, "average tokens per example [data.avg_tokens]"),
+    ("--avg-tokens", ("data", "avg_tokens"), FINITE_FLOAT, "average tokens per example [data.avg_tokens]"),
     ("--seq-len", ("data", "seq_len"), int, "maximum sequence length of the data [data.seq_len]"),
     ("--use-case", ("task", "use_case"), str, "use case, a key of the policy's table [task.use_case]"),
     ("--shift", ("task", "shift"), click.Choice(["style_format", "domain_adaptation", "new_knowledge",
@@ -47,7 +69,7 @@ FACT_FLAGS: list[tuple[str, tuple, Any, str]] = [
      "inference latency matters [serving.latency_sensitive]"),
     ("--requests-per-day", ("serving", "requests_per_day"), str, "inference requests per day, e.g. 1M "
      "[serving.requests_per_day]"),
-    ("--avg-latency-ms", ("serving", "avg_latency_ms"), float, "average request latency in ms "
+    ("--avg-latency-ms", ("serving", "avg_latency_ms"), FINITE_FLOAT, "average request latency in ms "
      "[serving.avg_latency_ms]"),
     ("--adapters", ("serving", "adapters"), int, "adapters served on one base model [serving.adapters]"),
     ("--precision", ("training", "precision"), click.Choice(["fp32", "bf16_mixed", "fp16_mixed", "bf16_pure"]),
@@ -66,7 +88,7 @@ FACT_FLAGS: list[tuple[str, tuple, Any, str]] = [
      "all-linear, attention, mlp, or a comma list of module names [training.target_modules]"),
     ("--num-virtual-tokens", ("training", "num_virtual_tokens"), int, "prompt/prefix tokens "
      "[training.num_virtual_tokens]"),
-    ("--epochs", ("training", "epochs"), float, "training epochs [training.epochs]"),
+    ("--epochs", ("training", "epochs"), FINITE_FLOAT, "training epochs [training.epochs]"),
 ]
 
 
@@ -99,6 +121,17 @@ def fact_flags(func: Callable, facts_help: str = "facts file (YAML or JSON); fla
                         help="set any fact by its path, e.g. --set serving.adapters=20 (YAML value)")(func)
     func = click.option("--facts", "facts_file", type=click.Path(dir_okay=False), default=None, help=facts_help)(func)
     return func
+
+
+def audit_options(func: Callable) -> Callable:
+    """Add --no-audit, --audit-db and --audit-key (the decision commands that record)."""
+    func = click.option("--audit-key", type=click.Path(dir_okay=False), default=None,
+                        help="Ed25519 private key that signs the chain head (default $FINETUNE_POLICY_AUDIT_KEY; "
+                        "unsigned when unset)")(func)
+    func = click.option("--audit-db", type=click.Path(dir_okay=False), default=None,
+                        help="audit store: a path or postgresql://... (default $FINETUNE_POLICY_AUDIT_DB or "
+                        "~/.local/share/finetune-policy/audit.sqlite3)")(func)
+    return click.option("--no-audit", is_flag=True, help="do not record in the audit store")(func)
 
 
 def fact_options(func: Callable) -> Callable:
@@ -230,8 +263,13 @@ class BoundaryGroup(LazyGroup):
 
         try:
             result = super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except (click.exceptions.Exit, click.Abort):
             raise
+        except click.ClickException as exc:
+            if exc.exit_code != ExitCode.INFEASIBLE:  # click's usage errors already exit 2
+                raise
+            exc.show()  # click's generic errors exit 1, which means "infeasible" here: they are bad input
+            ctx.exit(int(ExitCode.BAD_INPUT))
         except DiagnosticError as exc:
             _emit(exc, ctx.meta.get("error_format", "text"))
             ctx.exit(int(exc.exit_code))

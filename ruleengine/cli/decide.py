@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -12,8 +13,10 @@ import click
 
 from ..exitcodes import ExitCode
 from ..methods import method_names
+from ..pipeline import summary_of
 from .common import (
     EXIT_CODES_HELP,
+    audit_options,
     build_facts,
     dump,
     error_format_option,
@@ -29,21 +32,22 @@ def _engine(kwargs: dict) -> Any:
     return api.open_policy(kwargs.get("policy_path"))
 
 
-def _record(decision: Any, engine: Any, no_audit: bool, audit_db: str | None) -> None:
+def _record(decision: Any, engine: Any, no_audit: bool, audit_db: str | None, audit_key: str | None) -> None:
     if no_audit:
         return
     from .. import api
 
-    api.record(decision, engine, audit_db=audit_db)
+    api.record(decision, engine, audit_db=audit_db, key_path=audit_key)
 
 
-def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, audit_db: str | None) -> ExitCode:
+def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, audit_db: str | None,
+                    audit_key: str | None = None) -> ExitCode:
     """Decide for the command-line facts, record, print; return the exit code (the root command's body)."""
     from ..render import render_decision_text, render_explanation
 
     engine = _engine(kwargs)
     decision = engine.decide(build_facts(kwargs), origin=facts_origin(kwargs), explain=explain)
-    _record(decision, engine, no_audit, audit_db)
+    _record(decision, engine, no_audit, audit_db, audit_key)
     data = decision.to_dict()
     if fmt == "table":
         click.echo(render_decision_text(data))
@@ -58,9 +62,9 @@ def decide_and_show(kwargs: dict, *, fmt: str, explain: bool, no_audit: bool, au
 @click.command("explain", epilog=EXIT_CODES_HELP)
 @fact_options
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "yaml"]), default="text", help="output format")
-@click.option("--no-audit", is_flag=True, help="do not record this decision in the audit store")
-@click.option("--audit-db", type=click.Path(dir_okay=False), default=None, help="audit store path")
-def explain_command(fmt: str, no_audit: bool, audit_db: str | None, **kwargs: Any) -> ExitCode:
+@audit_options
+def explain_command(fmt: str, no_audit: bool, audit_db: str | None, audit_key: str | None,
+                    **kwargs: Any) -> ExitCode:
     """Why this method, why not each other one, and the smallest change of one fact that flips it.
 
     Counterfactuals are computed from the policy (GPU memory, GPU count, data size, model size),
@@ -70,7 +74,7 @@ def explain_command(fmt: str, no_audit: bool, audit_db: str | None, **kwargs: An
 
     engine = _engine(kwargs)
     decision = engine.decide(build_facts(kwargs), origin=facts_origin(kwargs), explain=True)
-    _record(decision, engine, no_audit, audit_db)
+    _record(decision, engine, no_audit, audit_db, audit_key)
     data = decision.to_dict()
     if fmt == "text":
         click.echo(render_explanation(data))
@@ -120,30 +124,79 @@ def estimate_command(fmt: str, breakdown: tuple[str, ...], **kwargs: Any) -> Exi
 
 # --- decide batch ------------------------------------------------------------------------------
 
-def _summary(decision: Any) -> dict:
-    """Return the compact batch result of a decision: identity, verdict, memory, warnings and notes codes."""
-    chosen = decision.candidate
-    return {"decision_id": decision.decision_id, "feasible": decision.feasible, "verdict": decision.verdict,
-            "chosen_rule": decision.chosen_rule,
-            "memory_gb": round(chosen.estimate.total_gib, 3) if chosen is not None else None,
-            "warnings": [w["code"] for w in decision.warnings], "notes": [n["code"] for n in decision.notes],
-            "suggestions": [s["text"] for s in decision.suggestions]}
-
-
-_WORKER_ENGINE: Any = None
-
-
-def _batch_worker_init(policy_path: str | None) -> None:
-    global _WORKER_ENGINE
+def _bucket_worker(policy_path: str | None, bucket: list[tuple[int, int, Any]], detail: str, origin: str,
+                   keep: bool, results: Any) -> None:
+    """Decide one worker's share of a batch, sending ``[(position, result), ...]`` chunks, then None."""
     from .. import api
 
-    _WORKER_ENGINE = api.open_policy(policy_path)
+    try:
+        engine = api.open_policy(policy_path)
+        _for_throughput()
+        for start in range(0, len(bucket), 256):
+            results.put([(pos, _decide_one(engine, number, item, detail, origin, keep))
+                         for pos, number, item in bucket[start:start + 256]])
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the batch
+        results.put(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    results.put(None)
 
 
-def _batch_chunk(args: tuple[list[tuple[int, Any]], str, str, bool]) -> list[tuple[str, str, dict | None]]:
-    """Decide one chunk of parsed batch inputs in a worker process (see ``_decide_one``)."""
-    items, detail, origin, keep = args
-    return [_decide_one(_WORKER_ENGINE, number, item, detail, origin, keep) for number, item in items]
+def _route(item: Any) -> int:
+    """Return a stable number for an input: equal facts get the same one (and so the same worker)."""
+    data = getattr(item, "data", None)
+    if data is None:
+        return 0
+    try:
+        return hash(json.dumps(data, sort_keys=True, default=str))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _parallel(items: list[tuple[int, Any]], policy_path: str | None, detail: str, origin: str, keep: bool,
+              workers: int) -> Iterator[tuple[str, str, dict | None]]:
+    """Yield every input's result in input order, deciding in ``workers`` processes.
+
+    Equal inputs go to the same worker, so each worker's memo answers their repeats. Raises
+    RuntimeError when a worker fails (an internal error: nothing is half-written, the caller
+    discards the output).
+    """
+    import multiprocessing
+    import queue
+
+    buckets: list[list[tuple[int, int, Any]]] = [[] for _ in range(workers)]
+    for pos, (number, item) in enumerate(items):
+        buckets[_route(item) % workers].append((pos, number, item))
+    ctx: Any = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    results = ctx.Queue(maxsize=4 * workers)
+    procs = [ctx.Process(target=_bucket_worker, args=(policy_path, bucket, detail, origin, keep, results), daemon=True)
+             for bucket in buckets if bucket]
+    for proc in procs:
+        proc.start()
+    ready: dict[int, tuple[str, str, dict | None]] = {}
+    next_pos, finished = 0, 0
+    try:
+        while finished < len(procs):
+            try:
+                message = results.get(timeout=1.0)
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("a batch worker process died") from None
+                continue
+            if message is None:
+                finished += 1
+                continue
+            if isinstance(message, tuple):
+                raise RuntimeError(f"a batch worker failed: {message[1]}")
+            for pos, result in message:
+                ready[pos] = result
+            while next_pos in ready:
+                yield ready.pop(next_pos)
+                next_pos += 1
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
 
 
 def _decide_one(engine: Any, number: int, item: Any, detail: str, origin: str,
@@ -159,13 +212,17 @@ def _decide_one(engine: Any, number: int, item: Any, detail: str, origin: str,
         error = item
     else:
         try:
+            if detail == "summary" and not keep:
+                summary = engine.summarize(item, origin=origin)
+                line = json.dumps({"line": number, "ok": True, **summary}, ensure_ascii=False, allow_nan=False)
+                return line, ("decided" if summary["feasible"] else "infeasible"), None
             decision = engine.decide(item, origin=origin)
         except DiagnosticError as exc:
             error = exc
         else:
             full = decision.to_dict() if detail == "full" or keep else None
-            result = {"line": number, "ok": True, **({"decision": full} if detail == "full" else _summary(decision))}
-            line = json.dumps(result, ensure_ascii=False, allow_nan=False)
+            body = {"decision": full} if detail == "full" else summary_of(decision)
+            line = json.dumps({"line": number, "ok": True, **body}, ensure_ascii=False, allow_nan=False)
             return line, ("decided" if decision.feasible else "infeasible"), full
     diags = error.diagnostics
     result = {"line": number, "ok": False, "exit_code": int(error.exit_code),
@@ -185,22 +242,13 @@ def _results(engine: Any, input_path: str, policy_path: str | None, detail: str,
         for number, item in read_batch(input_path):
             yield _decide_one(engine, number, item, detail, origin, keep)
         return
-    import multiprocessing
+    yield from _parallel(list(read_batch(input_path)), policy_path, detail, origin, keep, workers)
 
-    def chunks() -> Iterator[tuple[list[tuple[int, Any]], str, str, bool]]:
-        batch: list[tuple[int, Any]] = []
-        for pair in read_batch(input_path):
-            batch.append(pair)
-            if len(batch) == 256:
-                yield batch, detail, origin, keep
-                batch = []
-        if batch:
-            yield batch, detail, origin, keep
 
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers, initializer=_batch_worker_init, initargs=(policy_path,)) as pool:
-        for chunk in pool.imap(_batch_chunk, chunks()):
-            yield from chunk
+def _for_throughput() -> None:
+    """Collect garbage rarely in a batch process: the decision caches are long-lived, and with Python's
+    default thresholds a third of a batch's time went to full collections walking them."""
+    gc.set_threshold(100_000, 50, 1000)
 
 
 def _default_workers() -> int:
@@ -218,11 +266,10 @@ def _default_workers() -> int:
               help="summary: id, verdict, memory, warning codes; full: the whole decision")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="processes deciding in parallel (default: the CPUs available, at most 8)")
-@click.option("--no-audit", is_flag=True, help="do not record the decisions in the audit store")
-@click.option("--audit-db", type=click.Path(dir_okay=False), default=None, help="audit store path")
+@audit_options
 @error_format_option
 def batch_command(input_path: str, output_path: str, policy_path: str | None, detail: str, workers: int | None,
-                  no_audit: bool, audit_db: str | None, error_format: str) -> ExitCode:
+                  no_audit: bool, audit_db: str | None, audit_key: str | None, error_format: str) -> ExitCode:
     """Decide many fact sets: INPUT is JSONL (one facts object per line) or a YAML list; `-` is stdin.
 
     Writes one JSON line per input, in input order: `{"line": N, "ok": true, ...}` with the decision
@@ -234,22 +281,27 @@ def batch_command(input_path: str, output_path: str, policy_path: str | None, de
     from .. import api
 
     engine = api.open_policy(policy_path)  # a bad policy fails here, before any input is read
+    _for_throughput()
     counts = {"decided": 0, "infeasible": 0, "error": 0}
     keep = not no_audit
+    writer = api.audit_writer(audit_db, key_path=audit_key) if keep else None  # one writer: group commits
     partial = output_path + ".partial" if output_path != "-" else None
     out: IO[str] = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
     try:
         for line, outcome, full in _results(engine, input_path, policy_path, detail,
                                             workers if workers is not None else _default_workers(), keep):
             counts[outcome] += 1
-            if keep and full is not None:
-                api.record(full, engine, audit_db=audit_db)
+            if writer is not None and full is not None:
+                api.record(full, engine, writer=writer)
             out.write(line + "\n")
     except BaseException:
         if partial:
             out.close()
             os.unlink(partial)
         raise
+    finally:
+        if writer is not None:
+            writer.close()
     if partial:
         out.close()
         os.replace(partial, output_path)

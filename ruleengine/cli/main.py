@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_CODES_HELP, BoundaryGroup, fact_options
+from .common import EXIT_CODES_HELP, BoundaryGroup, audit_options, fact_options
 
 LAZY_COMMANDS = {
     "explain": "ruleengine.cli.decide:explain_command",
@@ -20,9 +20,12 @@ LAZY_COMMANDS = {
     "map": "ruleengine.cli.policy:map_command",
     "serve": "ruleengine.cli.serve:serve_command",
     "audit": "ruleengine.cli.audit:audit_group",
-    "plan": "executors.cli:plan_command",
-    "train": "executors.cli:train_command",
-    "make-tiny-model": "executors.cli:tiny_model_command",
+    "plan": "ruleengine.cli.train:plan_command",
+    "train": "ruleengine.cli.train:train_command",
+    "make-tiny-model": "ruleengine.cli.train:tiny_model_command",
+    "merge": "ruleengine.cli.train:merge_command",
+    "eval": "ruleengine.cli.train:eval_command",
+    "combine": "ruleengine.cli.train:combine_command",
 }
 
 
@@ -33,13 +36,11 @@ LAZY_COMMANDS = {
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
               help="output format")
 @click.option("--explain", "with_explain", is_flag=True, help="add why / why-not and counterfactuals")
-@click.option("--no-audit", is_flag=True, help="do not record this decision in the audit store")
-@click.option("--audit-db", type=click.Path(dir_okay=False), default=None,
-              help="audit store (default $FINETUNE_POLICY_AUDIT_DB or ~/.local/share/finetune-policy/audit.sqlite3)")
+@audit_options
 @click.version_option(package_name="finetune-policy")
 @click.pass_context
 def main(ctx: click.Context, fmt: str, with_explain: bool, no_audit: bool, audit_db: str | None,
-         **kwargs: Any) -> int | None:
+         audit_key: str | None, **kwargs: Any) -> int | None:
     """Decide how to fine-tune a model: method, rank, target modules, memory, cost.
 
     With no subcommand, decides for the facts given by --facts and/or flags, under the bundled
@@ -58,7 +59,8 @@ def main(ctx: click.Context, fmt: str, with_explain: bool, no_audit: bool, audit
         return None
     from .decide import decide_and_show
 
-    return decide_and_show(kwargs, fmt=fmt, explain=with_explain, no_audit=no_audit, audit_db=audit_db)
+    return decide_and_show(kwargs, fmt=fmt, explain=with_explain, no_audit=no_audit, audit_db=audit_db,
+                           audit_key=audit_key)
 
 
 if __name__ == "__main__":  # pragma: no cover

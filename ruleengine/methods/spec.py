@@ -41,6 +41,10 @@ class MethodConfig:
     use_dora: bool = False
     double_quant: bool | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):  # a list of module names is kept as a tuple: hashable
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
 
 #: (arch, group layout, cfg, setup, constants, dtypes) -> (bytes per token in one layer, input groups kept)
 LayerTerm = Callable[..., tuple[float, frozenset[str]]]

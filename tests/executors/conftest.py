@@ -53,7 +53,7 @@ def make_verdict(method: str = "lora", **changes) -> dict:
     return verdict
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def verdict():
     """Return the ``make_verdict`` helper."""
     return make_verdict
@@ -62,6 +62,23 @@ def verdict():
 def training_available() -> bool:
     """Return True when torch, transformers and peft are importable."""
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "peft"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_caches(tmp_path_factory):
+    """Keep the tokenization cache and the datasets cache of the tests out of the user's home (one per session)."""
+    import os
+
+    root = tmp_path_factory.mktemp("caches")
+    saved = {k: os.environ.get(k) for k in ("FINETUNE_POLICY_CACHE", "HF_DATASETS_CACHE")}
+    os.environ["FINETUNE_POLICY_CACHE"] = str(root / "finetune-policy")
+    os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +102,26 @@ def engine() -> None:
     assert decision.feasible
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def examples() -> Path:
     """Return the bundled example data directory (examples/data)."""
     return EXAMPLES
+
+
+CPU_DEVICE = {"type": "cpu", "count": 1, "name": "x86_64", "bf16": False, "fp16": False}
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """Return ``train_run(verdict, model, data, out, **plan_options)``: plan and train, returning the RunResult."""
+    return train_run
+
+
+def train_run(verdict: dict, model: str, data: list[str], out, **options):
+    """Plan ``verdict`` on ``model`` with ``data`` (PlanOptions ``options``) and train it into ``out``; returns the RunResult."""
+    from executors.plan import PlanOptions, build_plan
+    from executors.runner import run_training
+
+    opts = {"max_steps": 6, "eval_fraction": 0.1, "eval_strategy": "no", **options}
+    plan = build_plan(verdict, model_path=model, data_files=data, options=PlanOptions(**opts), device=CPU_DEVICE)
+    return run_training(plan, str(out), progress=False, log=lambda m: None)

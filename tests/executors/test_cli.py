@@ -111,8 +111,26 @@ def test_train_from_facts(engine, tiny_model, examples, tmp_path):
                                                 "--no-audit", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "run complete" in result.output and "eval loss" in result.output
+    # the plan's warnings are printed before training (the CPU runs the facts' bf16 in fp32)
+    assert "warning[plan-downgraded]: requested bf16_mixed, but training runs on the CPU" in result.output
+    assert "pictures: loss_curve.png, memory.png" in result.output
     manifest = json.loads((out / "run-manifest.json").read_text())
     assert manifest["decision_id"] and manifest["policy_sha256"] and manifest["memory"]["decision_estimate_gib"]
     assert manifest["override"]["method"] == "lora" or manifest["plan"]["decision"]["policy_verdict"]["method"] == "lora"
     m = manifest["metrics"]
     assert m["eval_loss_after"] < m["eval_loss_before"]
+
+
+@pytest.mark.train
+def test_train_from_a_plan_prints_its_warnings(tiny_model, verdict, examples, tmp_path):
+    from executors.plan import PlanOptions, build_plan, write_plan
+
+    plan = build_plan(verdict("prefix_tuning"), model_path=tiny_model, data_files=[str(examples / "alpaca.jsonl")],
+                      options=PlanOptions(max_steps=1, eval_fraction=0.0),
+                      device={"type": "cpu", "count": 1, "name": "x86_64", "bf16": False, "fp16": False})
+    write_plan(plan, str(tmp_path / "p.json"))
+    result = CliRunner().invoke(main, ["train", "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "r"),
+                                                "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning[plan-gradient-checkpointing-off]: peft does not support gradient checkpointing" in result.output
+    assert result.output.index("warning[") < result.output.index("run complete")

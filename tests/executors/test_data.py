@@ -7,13 +7,10 @@ import json
 import pytest
 
 from executors.data import (
-    IGNORE_INDEX,
     DataError,
     Example,
-    pack,
     scan_file,
     scan_files,
-    segments,
     split_and_mix,
     temperature_weights,
 )
@@ -27,7 +24,7 @@ def write(path, lines):
 def test_bundled_examples_are_valid_and_detected(examples):
     formats = {p.name: scan_file(str(p)).format for p in examples.glob("*.jsonl")}
     assert formats == {"alpaca.jsonl": "alpaca", "chat.jsonl": "chat", "text.jsonl": "text",
-                       "multitask.jsonl": "alpaca"}
+                       "multitask.jsonl": "alpaca", "tools.jsonl": "chat"}
     mt = scan_file(str(examples / "multitask.jsonl"))
     assert mt.tasks == {"sounds": 80, "numbers": 67, "opposites": 24}
     for p in examples.glob("*.jsonl"):
@@ -63,7 +60,22 @@ def test_errors_name_file_line_and_problem(tmp_path):
     ('{"messages": [{"role": "user", "content": "hi"}]}', "data-no-response"),
     ('{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}', "data-bad-role"),
     ('{"messages": []}', "data-bad-type"),
-    ('{"prompt": "hi", "completion": "x"}', "data-unknown-format"),
+    ('{"question": "hi", "answer": "x"}', "data-unknown-format"),
+    ('{"prompt": "hi"}', "data-missing-field"),
+    ('{"prompt": "hi", "completion": ""}', "data-empty-field"),
+    ('{"prompt": [{"role": "user", "content": "q"}], "completion": "a"}', "data-bad-type"),
+    ('{"conversations": [{"from": "human", "value": "hi"}]}', "data-no-response"),
+    ('{"conversations": [{"from": "alien", "value": "hi"}, {"from": "gpt", "value": "x"}]}', "data-bad-role"),
+    ('{"conversations": [{"from": "function_call", "value": "{oops"}, {"from": "gpt", "value": "x"}]}',
+     "data-bad-tool-call"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": '
+     '{"name": "f", "arguments": "{bad"}}]}]}', "data-bad-tool-call"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": {}}]}]}',
+     "data-bad-tool-call"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}',
+     "data-no-response"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": "x"}',
+     "data-bad-type"),
     ('{"text": "a", "instruction": "b", "output": "c"}', "data-unknown-format"),
     ('{"text": "a", "task": ""}', "data-bad-task"),
 ])
@@ -141,55 +153,54 @@ def test_single_task_split_keeps_everything():
     assert split_and_mix(_examples({"only": 50}), 0.0, seed=0).eval == []
 
 
-def test_alpaca_and_chat_segments_mark_only_responses():
-    alpaca = Example("alpaca", {"instruction": "Spell 7", "input": "", "output": "seven"}, "t", "f:1")
-    segs = segments(alpaca)
-    assert segs == [("### Instruction:\nSpell 7\n\n### Response:\n", False, False), ("seven", True, True)]
-    chat = Example("chat", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                                         {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
-                                         {"role": "assistant", "content": "a2"}]}, "t", "f:1")
-    trained = [text for text, train, _eos in segments(chat) if train]
-    assert trained == ["a1", "a2"]
-
-
-def test_pack_never_splits_examples():
-    items = [{"input_ids": [1] * n, "labels": [IGNORE_INDEX] + [1] * (n - 1)} for n in (5, 4, 3, 6, 2)]
-    packed = pack(items, 9)
-    assert [len(p["input_ids"]) for p in packed] == [9, 9, 2]
-    assert sum(len(p["labels"]) for p in packed) == 20
-
-
-@pytest.mark.train
-def test_tokenized_labels_cover_only_the_response(tiny_model):
-    from executors.data import tokenize_example
-    from executors.modeling import load_tokenizer
-
-    tok = load_tokenizer(tiny_model)
-    ex = Example("alpaca", {"instruction": "What sound does a cow make?", "output": "The cow says moo."}, "t", "f:1")
-    item = tokenize_example(ex, tok, 128)
-    trained = [i for i, label in zip(item["input_ids"], item["labels"], strict=True) if label != IGNORE_INDEX]
-    assert tok.decode(trained) == "The cow says moo." + tok.eos_token
-    assert item["input_ids"][0] == tok.bos_token_id and item["labels"][0] == IGNORE_INDEX
-    # truncated inside the prompt: nothing to learn, the example is dropped
-    assert tokenize_example(ex, tok, 4) is None
-    text = Example("text", {"text": "The dog says woof."}, "t", "f:1")
-    assert all(label != IGNORE_INDEX for label in tokenize_example(text, tok, 128)["labels"][1:])
-
-
-@pytest.mark.train
-def test_collator_pads_right_and_masks_padding(tiny_model):
-    from executors.data import PadCollator
-
-    batch = PadCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-                                         {"input_ids": [8], "labels": [8]}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-
-
 def test_examples_job_yaml_is_valid_facts(examples):
     from ruleengine.facts import load_facts_file
 
     facts = load_facts_file(str(examples.parent / "job.yaml"))
     assert facts.data["hardware"]["gpu"] and facts.data["task"]["use_case"]
     json.dumps(facts.data)
+
+
+def test_every_record_format_is_detected(tmp_path):
+    cases = {
+        "alpaca": '{"instruction": "Say hi", "output": "hi"}',
+        "chat": '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"type": '
+                '"function", "function": {"name": "f", "arguments": {"x": 1}}}]}, {"role": "tool", "content": "1"}, '
+                '{"role": "assistant", "content": "one"}], "tools": [{"type": "function", "function": {"name": "f"}}]}',
+        "sharegpt": '{"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '
+                    '"{\\"name\\": \\"f\\", \\"arguments\\": {}}"}, {"from": "observation", "value": "1"}, '
+                    '{"from": "gpt", "value": "one"}]}',
+        "prompt_completion": '{"prompt": "2+2=", "completion": "4"}',
+        "text": '{"text": "plain"}',
+    }
+    for fmt, line in cases.items():
+        assert scan_file(write(tmp_path / f"{fmt}.jsonl", [line])).format == fmt
+    conversational = write(tmp_path / "pc.jsonl", ['{"prompt": [{"role": "user", "content": "q"}], '
+                                                   '"completion": [{"role": "assistant", "content": "a"}]}'])
+    assert scan_file(conversational).format == "prompt_completion"
+    assert scan_file(write(tmp_path / "m.jsonl", ['{"messages": [{"role": "user", "content": "q"}, '
+                                                  '{"role": "assistant", "content": "a"}]}']), "messages").format == "chat"
+
+
+def test_a_json_array_file_is_located_by_line_and_column(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text('[\n  {"text": "a"},\n  {"text": "b"}\n]\n')
+    assert len(scan_file(str(good)).examples) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n  {"text": "a"},\n  {"text": ""},\n  {"text": "c" "x"}\n]\n')
+    with pytest.raises(DataError) as err:
+        scan_file(str(bad))
+    assert [(d.code, d.location.line, d.location.col) for d in err.value.diagnostics] == [
+        ("data-empty-field", 3, 3), ("data-bad-json", 4, 16)]
+    lines = tmp_path / "lines.json"  # JSON lines named .json
+    lines.write_text('{"text": "a"}\n{"text": "b"}\n')
+    assert len(scan_file(str(lines)).examples) == 2
+
+
+def test_unknown_extension_and_missing_sources(tmp_path):
+    odd = tmp_path / "data.xlsx"
+    odd.write_text("x")
+    with pytest.raises(DataError, match="data-unknown-extension"):
+        scan_file(str(odd))
+    with pytest.raises(DataError, match="data-missing-file"):
+        scan_file(str(tmp_path / "nope.csv"))

@@ -170,8 +170,9 @@ def test_prompt_learning_plans(tiny_model, verdict, method, cls):
 
 @pytest.mark.train
 @pytest.mark.parametrize("method,options,code", [
-    ("ia3", {"merge": True, "load_in_4bit": True}, "plan-merge-quantized-unsupported"),
     ("prompt_tuning", {"merge": True}, "plan-merge-unsupported"),
+    ("prompt_tuning", {"packing": True}, "plan-packing-unsupported"),
+    ("prefix_tuning", {"padding_free": True}, "plan-padding-free-unsupported"),
     ("prefix_tuning", {"merge": True}, "plan-merge-unsupported"),
     ("full_ft", {"load_in_4bit": True}, "plan-quantized-base-unsupported"),
 ])
@@ -188,8 +189,10 @@ def test_adapter_is_refused_at_plan_time(tiny_model, verdict):
 
 
 @pytest.mark.train
-def test_ia3_merge_on_16bit_and_qlora_merge_are_allowed(tiny_model, verdict):
+def test_ia3_merge_on_16bit_and_4bit_and_qlora_merge_are_allowed(tiny_model, verdict):
     assert build(verdict("ia3"), tiny_model, merge=True)["merge"] is True
+    # merged into the dequantized 4-bit base it was trained on (executors.merge)
+    assert build(verdict("ia3"), tiny_model, merge=True, load_in_4bit=True)["merge"] is True
     assert build(verdict("qlora"), tiny_model, merge=True)["merge"] is True
     full = build(verdict("full_ft"), tiny_model, merge=True)
     assert full["merge"] is False and any(w["code"] == "plan-merge-noop" for w in full["warnings"])
@@ -291,3 +294,66 @@ def test_learning_rate_override_is_recorded(tiny_model, verdict):
     t = plan["training"]
     assert t["learning_rate"] == 0.5 and t["learning_rate_from"] == "--learning-rate"
     assert t["verdict_learning_rate"] == 1e-2
+
+
+@pytest.mark.train
+def test_the_plan_records_where_it_will_run_not_where_it_was_made(tiny_model, verdict):
+    from executors.accelerate_config import accelerate_config
+
+    gpus = build(verdict("lora", training={"gpu_count": 2, "sharding": "fsdp"}), tiny_model)
+    assert gpus["device"]["type"] == "cuda" and gpus["device"]["count"] == 2 and gpus["device"]["bf16"]
+    assert gpus["device"]["planned_on"] == "x86_64" and gpus["training"]["precision"]["used"] == "bf16_mixed"
+    assert any("planned on cpu" in n for n in gpus["notes"])
+    cfg = accelerate_config(gpus)
+    assert cfg["use_cpu"] is False and cfg["mixed_precision"] == "bf16" and cfg["num_processes"] == 2
+    cpu = build(verdict("lora", training={"gpu_count": 2, "sharding": "fsdp"}), tiny_model, device="cpu")
+    assert cpu["device"]["type"] == "cpu" and cpu["training"]["precision"]["used"] == "fp32"
+    assert cpu["distributed"]["processes"] == 2 and cpu["distributed"]["backend"] == "gloo"
+    cfg = accelerate_config(cpu)
+    assert cfg["use_cpu"] is True and cfg["mixed_precision"] == "no" and cfg["distributed_type"] == "FSDP"
+    single = build(verdict("lora"), tiny_model)
+    assert single["device"]["type"] == "cpu" and single["distributed"]["strategy"] == "single"
+    forced = build(verdict("lora"), tiny_model, device="cuda")
+    assert forced["device"]["type"] == "cuda" and forced["training"]["precision"]["used"] == "bf16_mixed"
+
+
+@pytest.mark.train
+def test_training_settings_from_flags(tiny_model, verdict, alpaca):
+    plan = build(verdict("lora"), tiny_model, alpaca, weight_decay=0.01, max_grad_norm=0.5, eval_strategy="steps",
+                 eval_steps=3, report_to=("tensorboard",), max_steps=9)
+    t = plan["training"]
+    assert (t["weight_decay"], t["max_grad_norm"], t["eval_strategy"], t["eval_steps"], t["report_to"]) == (
+        0.01, 0.5, "steps", 3, ["tensorboard"])
+    default = build(verdict("lora"), tiny_model, alpaca, max_steps=10)["training"]
+    assert (default["weight_decay"], default["max_grad_norm"], default["eval_strategy"]) == (0.0, 1.0, "steps")
+    assert default["eval_steps"] == default["save_steps"]
+    assert build(verdict("lora"), tiny_model)["training"]["eval_strategy"] == "no"  # no data, no evaluation
+    with pytest.raises(PlanError, match="plan-no-eval-data"):
+        build(verdict("lora"), tiny_model, alpaca, eval_fraction=0.0, eval_strategy="steps")
+    with pytest.raises(PlanError, match="plan-unknown-tracker"):
+        build(verdict("lora"), tiny_model, alpaca, report_to=("comet",))
+
+
+@pytest.mark.train
+def test_the_plan_records_the_chat_template_and_token_counts(tiny_model, verdict, examples, tmp_path):
+    import shutil
+
+    plan = build(verdict("lora"), tiny_model, [str(examples / "alpaca.jsonl")])
+    d = plan["data"]
+    assert d["chat_template"]["source"] == "builtin:alpaca" and d["chat_template"]["used"] is True
+    assert d["chat_template"]["masking"] == "generation-tags" and d["padding_free"] is True
+    assert 0 < d["trained_tokens_per_epoch"] < d["train_tokens_per_epoch"] and d["dropped_train"] == 0
+    text = build(verdict("lora"), tiny_model, [str(examples / "text.jsonl")])["data"]
+    assert text["chat_template"]["used"] is False
+    # a model with its own template: auto uses it
+    own = tmp_path / "model"
+    shutil.copytree(tiny_model, own)
+    config = json.loads((own / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    (own / "tokenizer_config.json").write_text(json.dumps(config))
+    mine = build(verdict("lora"), str(own), [str(examples / "chat.jsonl")])["data"]["chat_template"]
+    assert mine["source"] == "model" and mine["masking"] == "prefix-render"
+    assert build(verdict("lora"), str(own), [str(examples / "chat.jsonl")],
+                 chat_template="chat")["data"]["chat_template"]["source"] == "builtin:chat"
+    prompt = build(verdict("prompt_tuning"), tiny_model, [str(examples / "alpaca.jsonl")])
+    assert prompt["data"]["padding_free"] is False  # virtual tokens precede every example: padded batches

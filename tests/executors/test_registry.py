@@ -12,7 +12,8 @@ from executors import ExecutorMismatch, UnknownMethodError, available_methods, e
 from executors.base import Executor
 from ruleengine.paths import example
 
-HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "trl", "pyarrow", "matplotlib",
+         "tensorboard", "wandb", "mlflow", "huggingface_hub")
 
 
 def test_every_method_of_the_vocabulary_has_an_executor():
@@ -67,9 +68,12 @@ def test_adapter_method_refuses_with_the_reason():
     assert "adapters" in reason and "transformers" in reason
 
 
-@pytest.mark.parametrize("module", ["executors", "executors.cli", "executors.plan", "executors.data",
+@pytest.mark.parametrize("module", ["executors", "ruleengine.cli.train", "executors.plan", "executors.data",
                                    "executors.decision_bridge", "executors.runner", "executors.manifest", "executors.registry",
-                                   "executors.accelerate_config"])
+                                   "executors.accelerate_config", "executors.formats", "executors.datasets_io",
+                                   "executors.hub", "executors.chat_template", "executors.tokenized",
+                                   "executors.rundir", "executors.tracking", "executors.merge", "executors.evaluate",
+                                   "executors.combine"])
 def test_importing_does_not_import_the_training_stack(module):
     code = textwrap.dedent(f"""
         import sys

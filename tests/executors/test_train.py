@@ -63,6 +63,14 @@ def test_training_lowers_the_loss_and_the_artifact_reloads(method, tiny_model, v
     artifact = out / plan["artifact_dir"]
     assert (artifact / ("model.safetensors" if method == "full_ft" else "adapter_model.safetensors")).is_file()
     assert (artifact / "tokenizer.json").is_file()
+    from transformers import AutoTokenizer
+
+    # the adapter's tokenizer carries the template the run was trained with
+    assert AutoTokenizer.from_pretrained(str(artifact)).chat_template == plan["data"]["chat_template"]["text"]
+    batches = m["batches"]
+    prompt_learning = method in ("prompt_tuning", "prefix_tuning")
+    assert batches["padding_free"] is not prompt_learning and batches["tokens"] > 0
+    assert (batches["padding_fraction"] == 0.0) is not prompt_learning
 
     # peft's count on the meta device equals the real model's trainable parameters
     trained = result.model

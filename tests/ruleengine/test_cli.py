@@ -142,8 +142,10 @@ def test_decide_never_imports_torch_transformers_or_peft():
     code = ("import sys; from click.testing import CliRunner; from ruleengine.cli import main; "
             "r = CliRunner().invoke(main, ['--model-params','7B','--gpu','a100-80gb','--examples','5k','--no-audit',"
             "'--explain']); assert r.exit_code == 0, r.output; "
-            "heavy = [m for m in ('torch','transformers','peft','bitsandbytes','accelerate','matplotlib') "
-            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+            "[CliRunner().invoke(main, [c, '--help']) for c in ('plan', 'train', 'eval', 'merge', 'combine')]; "
+            "heavy = [m for m in ('torch','transformers','peft','bitsandbytes','accelerate','matplotlib','datasets',"
+            "'trl','pyarrow','tensorboard','wandb','mlflow') if m in sys.modules]; print(heavy); "
+            "sys.exit(1 if heavy else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
 

@@ -122,3 +122,29 @@ def test_durable_rules_agrees_with_the_plain_evaluator(cond, facts):
 ])
 def test_durable_json_shapes(cond, expected):
     assert to_durable(cond) == expected
+
+
+def test_compiled_forms_agree_with_the_evaluator_on_random_conditions():
+    """compile_check is first_failure and compile_predicate is evaluate, on random condition trees and facts."""
+    import random
+
+    from ruleengine.conditions import compile_check, compile_predicate, first_failure
+
+    rng = random.Random(7)
+    facts_names = ["a.x", "a.y", "b.z"]
+
+    def tree(depth: int = 0):
+        if depth > 2 or rng.random() < 0.4:
+            fact = rng.choice(facts_names)
+            op = rng.choice(["==", "!=", "<", "<=", ">", ">=", "in", "not_in"])
+            value = (1.0, 3.0) if op in ("in", "not_in") else float(rng.randint(0, 4))
+            return Cmp(fact, op, value)
+        items = tuple(tree(depth + 1) for _ in range(rng.randint(0, 3)))
+        kind = rng.choice([All, AnyOf, Not])
+        return Not(items[0] if items else Cmp("a.x", ">", 0.0)) if kind is Not else kind(items)
+
+    for _ in range(400):
+        cond = tree()
+        facts = {name: float(rng.randint(0, 4)) for name in facts_names}
+        assert compile_predicate(cond)(facts) == evaluate(cond, facts)
+        assert compile_check(cond)(facts) == first_failure(cond, facts)

@@ -162,8 +162,8 @@ def test_a_method_peft_cannot_apply_is_rejected_as_inapplicable_not_an_error():
 def test_user_target_modules_the_model_lacks_are_a_facts_error():
     with pytest.raises(FactsError) as exc:
         ENGINE.decide(_facts(training={"target_modules": ["query"]}))
-    assert exc.value.diagnostics[0].code == "facts-bad-target-modules"
-    assert exc.value.diagnostics[0].path == "training.target_modules"
+    assert exc.value.diagnostics[0].code == "facts-unknown-target-module"
+    assert exc.value.diagnostics[0].path == "training.target_modules[0]"
 
 
 def test_suggestions_keep_the_other_hardware_facts():

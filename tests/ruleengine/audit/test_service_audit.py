@@ -3,65 +3,76 @@ the store cannot be written, and a store deleted under the running server is not
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
-import threading
-import urllib.error
-import urllib.request
+import sys
+from pathlib import Path
 
 import pytest
 
 from ruleengine.audit import open_store
 
+pytest.importorskip("fastapi", reason="the service extra is not installed")
+
 FACTS = {"model": {"params": "7B"}, "hardware": {"gpu": "a100-80gb", "gpu_count": 1},
          "data": {"examples": "50k"}, "task": {"use_case": "domain_qa"}}
 
 
-def call(url, method="GET", body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def _service_conftest():
+    name = "service_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "service" /
+                                                      "_helpers.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture
 def served(tmp_path):
-    from ruleengine.api import open_policy
-    from ruleengine.service import DecisionService, make_server
+    from ruleengine.service.settings import Settings
 
+    helpers = _service_conftest()
     db = str(tmp_path / "audit.sqlite3")
-    service = DecisionService(open_policy(None), audit=True, audit_db=db)
-    srv = make_server(service, "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    host, port = srv.server_address[:2]
-    yield f"http://{host}:{port}", db
-    srv.shutdown()
-    srv.server_close()
-    service.close()
+    running = helpers.start(Settings(audit_db=db, access_log=False))
+    yield running, db
+    helpers.stop(running)
 
 
 def test_ready_and_recorded(served):
-    url, db = served
-    assert call(url + "/readyz") == (200, {"status": "ready", "audit": True})
-    status, body = call(url + "/v1/decide", "POST", FACTS)
+    server, db = served
+    status, body, _ = server.call("/readyz")
+    assert status == 200 and body["status"] == "ready" and body["audit"] is True
+    status, body, _ = server.call("/v1/decide", "POST", FACTS)
     assert status == 200 and body["audit_record"] == body["decision_id"]
     with open_store(db) as store:
         assert store.get(body["decision_id"])["decision"]["verdict"]["method"] == "lora"
 
 
 def test_deleted_store_fails_closed_and_is_not_recreated(served):
-    url, db = served
-    assert call(url + "/v1/decide", "POST", FACTS)[0] == 200
+    server, db = served
+    assert server.call("/v1/decide", "POST", FACTS)[0] == 200
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(db + suffix):
             os.remove(db + suffix)
-    status, body = call(url + "/readyz")
+    status, body, _ = server.call("/readyz")
     assert status == 503 and body["error"]["code"] == "audit-store-unavailable" and "deleted" in body["error"]["message"]
-    status, body = call(url + "/v1/decide", "POST", FACTS)
+    status, body, _ = server.call("/v1/decide", "POST", FACTS)
     assert status == 503 and body["error"]["code"] == "audit-store-unavailable" and "verdict" not in body
     assert not os.path.exists(db)  # not silently re-created at seq 1
+
+
+def test_postgres_store_behind_the_service(pg_url):
+    from ruleengine.service.settings import Settings
+
+    helpers = _service_conftest()
+    running = helpers.start(Settings(audit_db=pg_url, access_log=False))
+    try:
+        ids = [running.call("/v1/decide", "POST", FACTS)[1]["decision_id"] for _ in range(5)]
+        assert running.call("/readyz")[0] == 200
+    finally:
+        helpers.stop(running)
+    with open_store(pg_url) as store:
+        assert [r["decision"]["decision_id"] for r in store.iter_all()] == ids and store.verify().ok

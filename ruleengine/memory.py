@@ -157,6 +157,11 @@ class TrainingSetup:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a setting is unknown or out of range."""
+        if (self.precision in PRECISIONS and self.optimizer in OPTIMIZERS and self.sharding in SHARDINGS
+                and self.attention in ATTENTIONS and type(self.micro_batch_size) is int and self.micro_batch_size >= 1
+                and type(self.seq_len) is int and self.seq_len >= 1 and type(self.gpu_count) is int
+                and self.gpu_count >= 1):
+            return  # the common case, checked without building the messages
         for name, value, allowed in (("precision", self.precision, PRECISIONS), ("optimizer", self.optimizer, OPTIMIZERS),
                                      ("sharding", self.sharding, SHARDINGS), ("attention", self.attention, ATTENTIONS)):
             if value not in allowed:
@@ -231,7 +236,7 @@ def _layer_parts(arch: Architecture, group: GroupLayout, cfg: MethodConfig, setu
     (grouped: q/k/v share one input), and what the method keeps (``MemoryTerms.layer``).
     """
     terms = methods.get(cfg.method).memory
-    a = c.get("activations")
+    a = c.raw["activations"]
     s = dt.scale
     h = arch.hidden_size
     per_norm = a["norm_input"] + (a["norm_output"] * s if terms.trains_base else 0.0)
@@ -276,7 +281,7 @@ def _activations_per_sequence(arch: Architecture, cfg: MethodConfig, setup: Trai
     recomputed layer only counts beyond them (they are freed before the layers' backward).
     """
     terms = methods.get(cfg.method).memory
-    a = c.get("activations")
+    a = c.raw["activations"]
     s = setup.seq_len
     seq, kv_len = terms.tokens(cfg, s) if terms.tokens is not None else (s, s)
     residual = terms.residual_bytes(c) if terms.residual_bytes is not None else 0.0
@@ -511,22 +516,46 @@ def breakdown(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup,
     return out
 
 
+@dataclass(frozen=True)
+class _ArchStatic:
+    """What the weights and gradients terms read of an architecture, computed once per Architecture object."""
+
+    parts: dict
+    experts: int
+    is_moe: bool
+    groups: tuple[tuple[int, int], ...]  # per layer group: (parameters of one layer, its nn.Linear weights)
+    layer_params: int  # the largest layer's parameters
+    largest_param: int  # the largest single parameter tensor (embedding or a fused weight)
+
+    @classmethod
+    def of(cls, arch: Architecture) -> _ArchStatic:
+        groups = tuple((g.params(), sum(m.weight_params for m in g.linears if m.kind == "linear"))
+                       for g in arch.layer_groups)
+        largest = max([arch.vocab_size * arch.embed_dim] + [m.weight_params for m in arch.linears().values()])
+        return cls(arch.param_breakdown(), arch.expert_params(), arch.is_moe, groups,
+                   max(p for p, _ in groups), largest)
+
+
 def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: MemoryConstants,
              rows: list[Term] | None) -> MemoryProfile:
     spec = methods.get(cfg.method)
     terms = spec.memory
     setup.validate()
     notes: list[str] = []
-    prec = c.get("precision", setup.precision)
-    opt = c.get("optimizer", setup.optimizer)
-    adapter = c.get("adapter")
-    sh = c.get("sharding")
+    raw = c.raw  # the schema-checked constants (MemoryConstants.get checks each path; this is the hot path)
+    prec = raw["precision"][setup.precision]
+    opt = raw["optimizer"][setup.optimizer]
+    adapter = raw["adapter"]
+    sh = raw["sharding"]
     dt = Dtypes.of(prec, adapter["weight_bytes"])
-    trainable_memo = arch.memo("trainable")
-    trainable = trainable_memo.get(cfg)
+    memo = arch.memo("memory")  # results that depend on the architecture and hashable inputs only
+    static = memo.get("static")
+    if static is None:
+        static = memo["static"] = _ArchStatic.of(arch)
+    trainable = memo.get(cfg)
     if trainable is None:
-        trainable = trainable_memo[cfg] = spec.trainable(arch, cfg)
-    parts = arch.param_breakdown()
+        trainable = memo[cfg] = spec.trainable(arch, cfg)
+    parts = static.parts
     total_params = int(arch.params)
     n_gpu = setup.gpu_count
     sharding = setup.sharding
@@ -534,13 +563,13 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
     shard_go = n_gpu if sharding != "none" else 1
     offload_params = sharding == "zero3_offload" and bool(sh["offload_params"])
     on_gpu = 0.0 if offload_params else 1.0
-    div = f" / {shard_w} GPUs ({sharding})" if shard_w > 1 else ""
+    div = f" / {shard_w} GPUs ({sharding})" if shard_w > 1 and rows is not None else ""
     if arch.source == "inferred":
         notes.append("architecture inferred from the parameter count; give model.config for an exact estimate")
 
     # --- weights (own shard), quantization constants, what sharded training gathers -------------
     quant_constants = quant_total = 0.0
-    experts = arch.expert_params()
+    experts = static.experts
     if terms.base == "nf4":
         payload, scales = c.nf4_bytes_per_param(cfg.double_quant)
         q = c.get("quantization")
@@ -557,9 +586,8 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
                          "quantized (bitsandbytes quantizes nn.Linear only; transformers 5 fuses experts into "
                          f"3-D parameters) and are stored at {ub:g} B each")
 
-        def layer_bytes(g: Any) -> float:
-            lin = sum(m.weight_params for m in g.linears if m.kind == "linear")
-            return lin * (payload + scales) + (g.params() - lin) * ub
+        def layer_bytes(params: int, lin: int) -> float:
+            return lin * (payload + scales) + (params - lin) * ub
 
         root_bytes = ub
         if rows is not None:
@@ -578,8 +606,8 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
         wb = prec["weight_bytes"]
         base_bytes = total_params * wb
 
-        def layer_bytes(g: Any) -> float:
-            return float(g.params() * wb)
+        def layer_bytes(params: int, lin: int) -> float:
+            return float(params * wb)
 
         root_bytes = wb
         if rows is not None:
@@ -598,14 +626,14 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
     cpu_offload = (base_bytes + quant_total + adapters) / n_gpu if offload_params else 0.0
     if shard_w > 1 or offload_params:  # ZeRO-3/FSDP gather whole layers (and the root unit) to compute
         factor = 1.0 if offload_params else (1 - 1 / n_gpu)
-        layers = sh["gathered_layers"] * max(layer_bytes(g) for g in arch.layer_groups)
+        layers = sh["gathered_layers"] * max(layer_bytes(params, lin) for params, lin in static.groups)
         mode = sh["gather_root"]
         root_params = {"all": parts["embedding"] + arch.hidden_size,
                        "lm_head": arch.vocab_size * arch.embed_dim}.get(mode, 0)
         weights += (layers + root_params * root_bytes) * factor
         if rows is not None:
             rows.append(Term("weights", "layers gathered for compute",
-                             f"{sh['gathered_layers']} layers (the largest) x {format_count(max(g.params() for g in arch.layer_groups))} "
+                             f"{sh['gathered_layers']} layers (the largest) x {format_count(static.layer_params)} "
                              f"params, x {factor:.3g} not held as the own shard", layers * factor))
             if root_params:
                 rows.append(Term("weights", "root unit gathered" if mode == "all" else "lm_head gathered",
@@ -625,13 +653,11 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
     if sharding in sh["persistent_gradients"]:
         grad_persistent += grad_step
         grad_step = 0.0
-    in_backward = bool(c.get("training_loop", "optimizer_in_backward"))
+    in_backward = bool(raw["training_loop"]["optimizer_in_backward"])
     if in_backward:  # each parameter steps as soon as its gradient exists, which is then freed
-        largest = max([arch.vocab_size * arch.embed_dim] + [m.weight_params for m in arch.linears().values()])
-        grad_step = min(grads_all, (largest if terms.trains_base else grads_all) * grad_elem) / shard_go
+        grad_step = min(grads_all, (static.largest_param if terms.trains_base else grads_all) * grad_elem) / shard_go
     if sharding == "zero3_offload":  # gradients go to the CPU layer by layer: one layer's unsharded gradient
-        grad_step = min(grads_all, max(g.params() for g in arch.layer_groups) * grad_elem) if terms.trains_base \
-            else grad_step
+        grad_step = min(grads_all, static.layer_params * grad_elem) if terms.trains_base else grad_step
     accumulate = setup.gradient_accumulation and not in_backward and sharding != "zero3_offload"
     grad_forward = grad_step if accumulate else 0.0
     # the first gradient of backward, the lm_head's (the embedding's when tied), appears while every activation
@@ -686,12 +712,12 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
                          + ("; paged (unified memory)" if opt["paged"] else ""), optimizer))
 
     # --- activations and logits per sequence (alive together at the start of backward) ---------
-    lg = c.get("logits")
+    lg = raw["logits"]
     per_logit = (lg["copies_16bit"] * prec["activation_bytes"] + lg["copies_fp32"] * 4
                  + lg["chunk_bytes"] / max(1, lg["chunks"]))
     if rows is None:  # per-sequence activations depend on these alone: remembered per architecture
-        key = (cfg, setup.precision, setup.seq_len, setup.gradient_checkpointing, setup.attention, id(c))
-        memo = arch.memo("activations")
+        key = ("activations", cfg, setup.precision, setup.seq_len, setup.gradient_checkpointing, setup.attention,
+               id(c))
         found = memo.get(key)
         if found is None or found[0] is not c:
             extra_notes: list[str] = []
@@ -711,7 +737,13 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
                          + (f" + {lg['chunk_bytes']:g} B per logit of one chunk of {lg['chunks']}" if lg["chunk_bytes"]
                             else "") + ")", logits, True))
 
-    work = terms.workspace(arch, cfg, c) if terms.workspace is not None else 0.0
+    work = 0.0
+    if terms.workspace is not None:
+        wkey = ("workspace", cfg, id(c))
+        held = memo.get(wkey)
+        if held is None or held[0] is not c:
+            held = memo[wkey] = (c, terms.workspace(arch, cfg, c))
+        work = held[1]
     if rows is not None and work:
         rows.append(Term("overhead", "working buffers", "dequantized weights / DoRA weight norm of the largest "
                          "adapted layer (transient)", work))
@@ -720,10 +752,10 @@ def _profile(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, c: Mem
         if rows is not None:
             rows.append(Term("activations", "merged expert weights kept for backward",
                              "LoRA on routed experts (peft target_parameters) keeps W + B@A of every expert", layer_fixed))
-    if arch.is_moe:
+    if static.is_moe:
         notes.append(f"MoE: activations count the top-{arch.num_experts_per_tok} of {arch.num_experts} routed "
                      "experts a token passes through; weights count all experts")
-    ov = c.get("overhead")
+    ov = raw["overhead"]
     return MemoryProfile(
         weights=weights, optimizer=optimizer, quant_constants=quant_constants, grad_persistent=grad_persistent,
         grad_forward=grad_forward, grad_step=grad_step, step_temp=step_temp, activations_per_seq=activations,

@@ -21,7 +21,7 @@ def ia3_layer(arch: Any, group: GroupLayout, cfg: MethodConfig, setup: Any, c: A
     for t in targets_of(arch, cfg):
         if t not in group.active:
             continue
-        m = next(x for x in group.linears if x.name == t)
+        m = group.by_name[t]
         extra += group.active[t] * (m.d_in * dt.adapter if t in ff else m.d_out * dt.act)
     return extra, frozenset()
 

@@ -76,6 +76,7 @@ class GroupLayout:
     kind: str
     count: int
     linears: tuple[Any, ...]
+    by_name: Mapping[str, Any]
     active: Mapping[str, float]
     module_group: Mapping[str, str]
     inputs: Mapping[str, float]
@@ -132,7 +133,8 @@ def layer_layout(arch: Any) -> tuple[GroupLayout, ...]:
                 mlp_width += per * m.d_in
             if m.kind == "router":
                 router += m.d_out
-        out.append(GroupLayout(g.kind, g.count, g.linears, active, groups, inputs, mlp_width, router, top_k,
+        out.append(GroupLayout(g.kind, g.count, g.linears, {m.name: m for m in g.linears}, active, groups, inputs,
+                               mlp_width, router, top_k,
                                any(m.role == "shared_gate" for m in g.linears)))
     layout = tuple(out)
     memo["layout"] = layout
@@ -187,7 +189,7 @@ def lora_layer(arch: Any, group: GroupLayout, cfg: MethodConfig, setup: Any, c: 
         if t not in group.active:
             continue
         per = group.active[t]
-        m = next(x for x in group.linears if x.name == t)
+        m = group.by_name[t]
         if m.kind == "expert":  # peft target_parameters: the merged weight trains, so the matmul keeps its input
             shared.add(group.module_group[t])
             continue
@@ -212,7 +214,7 @@ def lora_layer_fixed(arch: Any, group: GroupLayout, cfg: MethodConfig, c: Any, d
     """
     total = 0.0
     for t in targets_of(arch, cfg):
-        m = next((x for x in group.linears if x.name == t), None)
+        m = group.by_name.get(t)
         if m is not None and m.kind == "expert":
             total += float(m.copies) * m.d_in * m.d_out * max(dt.act, dt.adapter)
     return total

@@ -517,10 +517,10 @@ def _offload_fits_host(prof: MemoryProfile, gpu: GpuSpec) -> bool:
 
 
 def _choose(get: Any, training: dict, shardings: tuple[str, ...], batches: tuple[int, ...], limits: tuple[float, ...],
-            gpu: GpuSpec, accumulate: bool) -> tuple[str, int] | None:
+            gpu: GpuSpec) -> tuple[str, int] | None:
     for limit in limits:
         for sharding in shardings:
-            prof = get(_setup(training, sharding, gpu, accumulate))
+            prof = get(training, sharding)
             if sharding == "zero3_offload" and not _offload_fits_host(prof, gpu):
                 continue
             batch = prof.largest_batch(limit, batches)
@@ -597,19 +597,28 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
     def make(setup: TrainingSetup) -> MemoryProfile:
         return profile(arch, spec.cfg, setup, constants)
 
-    get = profile_of or make
+    of_setup = profile_of or make
     accumulate = _accumulates(spec, gpu)
+    seen: dict[tuple, MemoryProfile] = {}  # by the settings that make the setup (no TrainingSetup built twice)
+
+    def get(train: dict, sharding: str, acc: bool = accumulate) -> MemoryProfile:
+        key = (train["precision"], train["optimizer"], train["seq_len"], train["gradient_checkpointing"], sharding,
+               acc)
+        found = seen.get(key)
+        if found is None:
+            found = seen[key] = of_setup(_setup(train, sharding, gpu, acc))
+        return found
+
     limits = (usable - spec.headroom_gb, usable) if spec.headroom_gb > 0 else (usable,)
     shardings, batches = spec.shardings, spec.batches
     notes = list(spec.notes)
     fit_changes: list[str] = []
-    chosen = _choose(get, training, shardings, batches, limits, gpu, accumulate)
+    chosen = _choose(get, training, shardings, batches, limits, gpu)
     if chosen is None:
-        needed = min(get(_setup(training, sh, gpu, accumulate)).total_gib(batches[-1]) for sh in shardings)
         steps: list[tuple[dict, tuple[str, ...], tuple[int, ...], list[str]]] = []
         for step in ladder(spec, gpu, constants):
             if step[1] == ("zero3_offload",):
-                offload = get(_setup(step[0], "zero3_offload", gpu, accumulate))
+                offload = get(step[0], "zero3_offload")
                 if not _offload_fits_host(offload, gpu):
                     host = offload.cpu_offload / 2**30 * min(gpu.count, GPUS_PER_NODE)
                     notes.append(f"ZeRO-3 CPU offload would need {host:.0f} GiB of host RAM per node; "
@@ -617,10 +626,11 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
                     continue
             steps.append(step)
         # every step needs no more memory than the one before, so when the last does not fit none does
-        if steps and _choose(get, steps[-1][0], steps[-1][1], steps[-1][2], (usable,), gpu, accumulate) is not None:
+        if steps and _choose(get, steps[-1][0], steps[-1][1], steps[-1][2], (usable,), gpu) is not None:
             for step_training, step_shardings, step_batches, changes in steps:
-                chosen = _choose(get, step_training, step_shardings, step_batches, (usable,), gpu, accumulate)
+                chosen = _choose(get, step_training, step_shardings, step_batches, (usable,), gpu)
                 if chosen is not None:
+                    needed = min(get(training, sh).total_gib(batches[-1]) for sh in shardings)
                     training, shardings, batches = step_training, step_shardings, step_batches
                     fit_changes = [f"at the policy's settings it needs {needed:.2f} GiB of {usable:.2f} usable",
                                    *changes]
@@ -631,12 +641,11 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
                          "configuration tried is shown")
     if chosen is None:  # nothing fits: report the smallest configuration tried
         chosen = min(((sh, batches[-1]) for sh in shardings),
-                     key=lambda sb: get(_setup(training, sb[0], gpu, accumulate)).total_gib(sb[1]))
+                     key=lambda sb: get(training, sb[0]).total_gib(sb[1]))
     sharding, micro_batch = chosen
     per_step = micro_batch * gpu.count
     accumulation = max(1, math.ceil(spec.effective_batch / per_step)) if spec.effective_batch else 1
-    exact = get(_setup(training, sharding, gpu, False)) if accumulate and accumulation == 1 else \
-        get(_setup(training, sharding, gpu, accumulate))
+    exact = get(training, sharding, False) if accumulate and accumulation == 1 else get(training, sharding)
     est = exact.at(micro_batch)
     training["sharding"] = sharding
     training["micro_batch_size"] = micro_batch

@@ -72,15 +72,38 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
     def on_gpu(name: str) -> dict:
         return {**facts, "hardware": {**other_hw, "gpu": name, "gpu_count": count}}
 
-    # the largest GPU first: when even it does not help, the smaller ones are not tried one by one
+    # the largest GPU first: when even it does not help, the smaller ones are not tried. Then the smallest
+    # memory size where some GPU fits, by bisection over the distinct sizes (more memory never turns a
+    # fitting decision into one that does not), and its first GPU (cheapest) that fits
     if larger and _fits(_outcome(evaluator, on_gpu(larger[-1][0]), origin)):
+        sizes: list[list[tuple[str, dict]]] = []
         for name, spec in larger:
-            res = _outcome(evaluator, on_gpu(name), origin)
-            if res and res[1] is not None:
-                out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
-                            "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                            "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
-                break
+            if sizes and sizes[-1][0][1]["memory_gb"] == spec["memory_gb"]:
+                sizes[-1].append((name, spec))
+            else:
+                sizes.append([(name, spec)])
+
+        def first_fit(group: list[tuple[str, dict]]) -> tuple[str, dict, Candidate] | None:
+            for name, spec in group:
+                res = _outcome(evaluator, on_gpu(name), origin)
+                if res and res[1] is not None:
+                    return name, spec, res[1]
+            return None
+
+        short, enough = -1, len(sizes) - 1  # sizes[enough] fits (the largest GPU did); sizes[short] does not
+        found = first_fit(sizes[enough])
+        while enough - short > 1:
+            mid = (short + enough) // 2
+            res_mid = first_fit(sizes[mid])
+            if res_mid is not None:
+                enough, found = mid, res_mid
+            else:
+                short = mid
+        if found is not None:
+            name, spec, cand = found
+            out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
+                        "verdict": cand.label(), "memory_gb": round(cand.estimate.total_gib, 2),
+                        "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {cand.label()}"})
     counts = [n for n in (2, 4, 8, 16, 32, 64) if n > count]
     if counts and _fits(_outcome(evaluator, _with(facts, "hardware.gpu_count", counts[-1]), origin)):
         for n in counts:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from difflib import get_close_matches
 
 
 @dataclass(frozen=True, order=True)
@@ -110,6 +109,8 @@ def render_json(diagnostics: Iterable[Diagnostic]) -> str:
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return a ``did you mean `x`?`` hint for the closest candidate, or a list of valid names."""
     options = sorted(set(candidates))
+    from difflib import get_close_matches  # only when a name is wrong
+
     close = get_close_matches(name, options, n=1, cutoff=0.6)
     if close:
         return f"did you mean `{close[0]}`?"

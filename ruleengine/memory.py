@@ -52,7 +52,7 @@ def _bundled_sections() -> dict[str, Any]:
     from .paths import default_policy
 
     with open(default_policy() / "memory.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when built with it
 
 
 def _merge(base: Any, over: Any) -> Any:

@@ -14,13 +14,13 @@ import atexit
 import json
 from contextlib import ExitStack
 from functools import cache
-from importlib.resources import as_file, files
 from pathlib import Path
 
 from .exitcodes import ExitCode
 
 _PACKAGE = "ruleengine._bundled"
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_HERE = Path(__file__).resolve().parent
+_CHECKOUT = _HERE.parent
 _extracted = ExitStack()  # holds as_file() copies of a zipped install until exit
 atexit.register(_extracted.close)
 
@@ -34,12 +34,20 @@ class BundledDataMissing(FileNotFoundError):
 @cache
 def _folder(name: str) -> Path:
     """Return the real path of the bundled folder ``name``; raises BundledDataMissing."""
-    bundled = files(_PACKAGE) / name
-    if bundled.is_dir():
-        return bundled if isinstance(bundled, Path) else _extracted.enter_context(as_file(bundled))
+    installed = _HERE / "_bundled" / name
+    if installed.is_dir():  # a wheel installed on the file system: no importlib.resources needed
+        return installed
     checkout = _CHECKOUT / name
     if checkout.is_dir():
         return checkout
+    from importlib.resources import as_file, files  # a zipped install
+
+    try:
+        bundled = files(_PACKAGE) / name
+    except ModuleNotFoundError:
+        bundled = None
+    if bundled is not None and bundled.is_dir():
+        return bundled if isinstance(bundled, Path) else _extracted.enter_context(as_file(bundled))
     raise BundledDataMissing(f"the bundled {name}/ folder is missing (looked in the package {_PACKAGE} and in "
                              f"{_CHECKOUT}); reinstall finetune-policy")
 

@@ -35,10 +35,11 @@ def test_a_checkout_uses_its_top_level_folders():
 
 
 def test_the_package_copy_wins_over_the_checkout(tmp_path, monkeypatch, fresh_lookup):
-    (tmp_path / "schemas").mkdir()
-    (tmp_path / "schemas" / "facts.schema.json").write_text('{"title": "packaged"}', encoding="utf-8")
-    monkeypatch.setattr(paths, "files", lambda package: tmp_path)
-    assert paths.schema("facts.schema.json") == tmp_path / "schemas" / "facts.schema.json"
+    (tmp_path / "_bundled" / "schemas").mkdir(parents=True)
+    packaged = tmp_path / "_bundled" / "schemas" / "facts.schema.json"
+    packaged.write_text('{"title": "packaged"}', encoding="utf-8")
+    monkeypatch.setattr(paths, "_HERE", tmp_path)
+    assert paths.schema("facts.schema.json") == packaged
     assert paths.load_schema("facts.schema.json") == {"title": "packaged"}
     assert paths.policies_root() == REPO / "policies"  # not in the (fake) package: the checkout's
 

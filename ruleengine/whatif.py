@@ -56,8 +56,10 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
     CPU offload (how much, per node), the longest data sequence length that fits (halving from the
     current one), and the largest model that fits. Never suggests a method that does not fit: every
     suggestion is a real evaluation of the policy. The largest GPU, the largest GPU count and the
-    shortest sequence are tried first and the others only when those help: a policy where more
-    memory turns a feasible decision infeasible fails `decide check --properties` anyway.
+    shortest sequence are tried first and the others only when those help (the smallest sufficient
+    GPU memory size by bisection over the catalog's sizes, then that size's first GPU that fits): a
+    policy where more memory turns a feasible decision infeasible fails `decide check --properties`
+    anyway.
     """
     policy = evaluator.policy
     out: list[dict] = []

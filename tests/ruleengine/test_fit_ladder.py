@@ -170,3 +170,29 @@ def test_suggestions_keep_the_other_hardware_facts():
     d = ENGINE.decide({"model": {"params": "70B"}, "hardware": {"gpu": "a10g-24gb", "host_memory_gb": 64},
                        "data": {"examples": "500k"}, "task": {"use_case": "chat", "quality": "research_best"}})
     assert not d.feasible and any(s["kind"] == "larger-gpu" for s in d.suggestions)
+
+
+@pytest.mark.parametrize("params,gpu,use_case", [("70B", "a10g-24gb", "chat"), ("13B", "t4-16gb", "code_generation"),
+                                                 ("123B", "l4-24gb", "chat"), ("34B", "t4-16gb", "limited_budget")])
+def test_larger_gpu_suggestion_is_the_first_in_catalog_order_that_fits(params, gpu, use_case):
+    """The bisection over memory sizes finds what walking the catalog (memory, then price) would."""
+    from ruleengine.pipeline import normalized_facts
+    from ruleengine.whatif import _outcome
+
+    given = {"model": {"params": params}, "hardware": {"gpu": gpu}, "data": {"examples": "200k"},
+             "task": {"use_case": use_case}}
+    d = ENGINE.decide(given)
+    assert not d.feasible
+    ev, policy = ENGINE.evaluator, ENGINE.policy
+    facts = normalized_facts(ev, given)
+    current = policy.gpus[gpu]["memory_gb"]
+    walk = None
+    for name, spec in sorted(policy.gpus.items(), key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"])):
+        if spec["memory_gb"] > current:
+            hw = {k: v for k, v in facts["hardware"].items() if k not in ("gpu", "gpu_memory_gb")}
+            res = _outcome(ev, {**facts, "hardware": {**hw, "gpu": name}}, "")
+            if res and res[1] is not None:
+                walk = name
+                break
+    found = [s["facts"]["hardware.gpu"] for s in d.suggestions if s["kind"] == "larger-gpu"]
+    assert found == ([walk] if walk else [])

@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from ruleengine.architecture import infer_from_params, load_hf_config  # noqa: E402
 from ruleengine.cost import CostConstants, estimate_cost  # noqa: E402
-from ruleengine.memory import METHODS, MemoryConstants, MethodConfig, TrainingSetup, estimate  # noqa: E402
+from ruleengine.memory import MemoryConstants, MethodConfig, TrainingSetup, estimate  # noqa: E402
+from ruleengine.vocabulary import METHODS  # noqa: E402
 
 CONFIG = ROOT / "tests" / "fixtures" / "configs" / "llama-3-8b.json"
 

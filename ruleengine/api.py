@@ -92,9 +92,13 @@ class PolicyEngine:
         self._remember(key, summary)
         return summary
 
-    def estimate(self, given: dict | FactsInput, *, origin: str = "") -> dict:
-        """Return memory, trainable parameters and cost per method (no rules). Raises FactsError."""
-        return pipeline.estimate(self.evaluator, given, origin=origin)
+    def estimate(self, given: dict | FactsInput, *, origin: str = "", breakdown: tuple[str, ...] = ()) -> dict:
+        """Return memory, trainable parameters and cost per method (no rules).
+
+        ``breakdown`` names methods whose estimate is also returned term by term. Raises FactsError,
+        KeyError for an unknown method in ``breakdown``.
+        """
+        return pipeline.estimate(self.evaluator, given, origin=origin, breakdown=breakdown)
 
     def decide_many(self, items: Iterable[dict | FactsInput | DiagnosticError], *,
                     explain: bool = False) -> Iterator[BatchItem]:

@@ -92,7 +92,7 @@ def estimate_cost(arch: Architecture, cfg: MethodConfig, setup: TrainingSetup, *
     setup.validate()
     c = constants.raw
     fpt = c["flops_per_token"]
-    n = float(arch.params)
+    n = float(arch.active_params)  # a MoE token passes through its top-k experts only
     tokens = float(tokens_total) * float(epochs)
     extra = spec.cost.extra_tokens(cfg) if spec.cost.extra_tokens is not None else 0
     if extra:

@@ -46,6 +46,7 @@ class GpuSpec:
     tflops: float | None
     price_per_hour: float | None
     count: int
+    host_memory_gb: float = 0.0  # host RAM of one node, GiB (0 = unknown: no CPU offload is planned)
 
 
 @dataclass
@@ -66,6 +67,10 @@ class Candidate:
     estimate: Estimate
     usable_gb: float
     notes: list[str] = field(default_factory=list)
+    #: the settings ladder's changes that made it fit (empty when it fit at the spec's own settings)
+    fit_changes: list[str] = field(default_factory=list)
+    #: why the method cannot be applied to this architecture (then it never fits); empty when it can
+    inapplicable: str = ""
     #: results computed from this candidate alone (per-token cost, table entry), kept with it
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -76,7 +81,7 @@ class Candidate:
     _label: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.fits = self.estimate.total_gib <= self.usable_gb
+        self.fits = not self.inapplicable and self.estimate.total_gib <= self.usable_gb
         self.headroom_gb = self.usable_gb - self.estimate.total_gib
         self._label = f"{self.method} r={self.rank}" if self.rank else self.method
 
@@ -102,7 +107,8 @@ class Candidate:
         return TrainingSetup(precision=t["precision"], optimizer=t["optimizer"],
                              micro_batch_size=int(t["micro_batch_size"]), seq_len=int(t["seq_len"]),
                              gradient_checkpointing=bool(t["gradient_checkpointing"]), sharding=t["sharding"],
-                             gpu_count=gpu_count)
+                             gpu_count=gpu_count,
+                             gradient_accumulation=int(t.get("gradient_accumulation_steps", 1)) > 1)
 
     def verdict(self) -> dict:
         """Return the verdict dict of DESIGN.md (the executors' input)."""
@@ -215,7 +221,8 @@ def gpu_spec(policy: Any, hardware: dict) -> GpuSpec:
     entry = policy.gpus.get(hardware.get("gpu") or "", {})
     memory = hardware.get("gpu_memory_gb", entry.get("memory_gb"))
     return GpuSpec(hardware.get("gpu"), float(memory), bool(entry.get("bf16", True)), entry.get("tflops"),
-                   entry.get("price_per_hour"), int(hardware.get("gpu_count", 1)))
+                   entry.get("price_per_hour"), int(hardware.get("gpu_count", 1)),
+                   float(hardware.get("host_memory_gb") or 0.0))
 
 
 MAX_CONFIG_FILE_BYTES = 1024 * 1024  # a config.json is a few KiB; anything this large is not one
@@ -256,7 +263,11 @@ def read_model_config(model: dict, origin: str = "") -> dict:
 
 
 @lru_cache(maxsize=256)
-def _arch_from_config(canonical: str, origin: str) -> Architecture:
+def _arch_from_config(canonical: str, origin: str, exact: bool = False) -> Architecture:
+    if exact:  # imports torch and transformers (the train extra) only here
+        from .architecture import exact_architecture
+
+        return exact_architecture(json.loads(canonical), origin)
     from .architecture import from_hf_config
 
     return from_hf_config(json.loads(canonical), origin)
@@ -271,8 +282,10 @@ def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, l
     """Return the architecture for the model facts and notes on how it was obtained.
 
     Uses ``model.config_content`` (the config recorded with the decision) when present, else reads
-    ``model.config``; without either, infers it from ``model.params``. Raises FactsError when the
-    config describes an unsupported or incomplete model.
+    ``model.config``; without either, infers it from ``model.params``. With ``model.exact`` the config
+    is built by transformers on the meta device and counted (any model_type transformers knows).
+    Raises FactsError when the config describes an unsupported or incomplete model, when
+    ``model.exact`` is given without a config, or when it needs the ``train`` extra that is missing.
     """
     arch, notes, _key = _architecture(model, origin)
     return arch, notes
@@ -280,25 +293,35 @@ def resolve_architecture(model: dict, origin: str = "") -> tuple[Architecture, l
 
 def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tuple]:
     notes: list[str] = []
+    exact = bool(model.get("exact"))
+    if exact and not (model.get("config") or model.get("config_content")):
+        raise FactsError([Diagnostic("facts-exact-needs-config", "model.exact counts the architecture of a config, "
+                                     "but model.config is missing", Location("<facts>"),
+                                     "give model.config (flag --model-config) with --exact", path="model.exact")])
     if model.get("config") or model.get("config_content"):
         content = model.get("config_content") or read_model_config(model, origin)
         canonical = json.dumps(content, sort_keys=True)
         try:
-            arch = _arch_from_config(canonical, str(model.get("config", "<config>")))
+            arch = _arch_from_config(canonical, str(model.get("config", "<config>")), exact)
         except (ArchitectureError, ArithmeticError, TypeError, ValueError) as exc:
             # ArithmeticError/TypeError/ValueError: values of a config no real model has (overflowing sizes, ...)
-            raise FactsError([Diagnostic("facts-bad-model-config", str(exc)[:300],
-                                         Location(str(model.get("config", ""))),
-                                         "give a Hugging Face config.json of a supported architecture",
-                                         path="model.config" + (f".{field}" if (field := getattr(exc, "field", None)) else ""))
-                              ]) from None
+            from .architecture import TrainExtraMissing
+
+            needs_extra = isinstance(exc, TrainExtraMissing)
+            raise FactsError([Diagnostic(
+                "facts-exact-needs-train-extra" if needs_extra else "facts-bad-model-config", str(exc)[:300],
+                Location(str(model.get("config", ""))),
+                "install the training extra (pip install 'finetune-policy[train]') or drop --exact for the closed "
+                "form" if needs_extra else "give a Hugging Face config.json of a supported architecture",
+                path="model.exact" if needs_extra else
+                "model.config" + (f".{field}" if (field := getattr(exc, "field", None)) else ""))]) from None
         _check_config_size(arch, model)
         notes.extend(arch.warnings)
         given = model.get("params")
         if given and abs(given - arch.params) / arch.params > 0.05:
             notes.append(f"model.params ({given:.4g}) differs from the count computed from model.config "
                          f"({arch.params:.4g}); the config's count is used")
-        return arch, notes, ("config", canonical)
+        return arch, notes, ("exact" if exact else "config", canonical)
     params = float(model["params"])
     try:
         return _arch_from_params(params), notes, ("params", params)
@@ -385,14 +408,17 @@ class VerdictSpec:
     headroom_gb: float
     effective_batch: int
     notes: tuple[str, ...]
+    fixed: frozenset[str] = frozenset()  # training settings the user gave: the settings ladder leaves them alone
 
 
 def resolve_spec(policy: Any, then: dict, facts: dict, gpu: GpuSpec) -> VerdictSpec:
     """Return the verdict a rule's ``then`` yields for these facts and GPUs, before memory is considered.
 
     Precedence: facts.training (the user's own settings) > the rule's ``then`` > the use-case row >
-    the policy's method defaults > the method's registry defaults > the policy's training defaults.
-    Raises ValueError for an unknown method.
+    the policy's method defaults > the method's registry defaults > the policy's training defaults;
+    the data's maximum length (``data.seq_len``) bounds the sequence unless the user set one.
+    ``fixed`` lists the training settings the user gave: :func:`candidate_from`'s settings ladder may
+    change every other one. Raises ValueError for an unknown method.
     """
     spec: dict[str, Any] = {}
     if then.get("use_case"):
@@ -465,7 +491,92 @@ def resolve_spec(policy: Any, then: dict, facts: dict, gpu: GpuSpec) -> VerdictS
         multitask = (("temperature", float(policy.thresholds.get("multitask_temperature", 0.7))), ("cap", mt.get("cap")))
     return VerdictSpec(method, rank, alpha, dropout, target, num_virtual_tokens, adapter_size, init_rank,
                        tuple(quantization.items()) if quantization else None, tuple(training.items()), multitask,
-                       cfg, shardings, batches, auto_headroom if len(batches) > 1 else 0.0, eff, tuple(notes))
+                       cfg, shardings, batches, auto_headroom if len(batches) > 1 else 0.0, eff, tuple(notes),
+                       frozenset(k for k in TRAINING_KEYS if k in user))
+
+
+#: node size assumed for CPU offload: the GPUs of one node share its host RAM (hardware.host_memory_gb)
+GPUS_PER_NODE = 8
+_PAGED_OPTIMIZER = "paged_adamw_8bit"
+
+
+def _accumulates(spec: VerdictSpec, gpu: GpuSpec) -> bool:
+    """Return False only when every micro-batch the spec allows makes one optimizer step per micro-batch."""
+    return not (spec.effective_batch and spec.effective_batch <= gpu.count * min(spec.batches))
+
+
+def _setup(training: dict, sharding: str, gpu: GpuSpec, accumulate: bool) -> TrainingSetup:
+    return TrainingSetup(precision=training["precision"], optimizer=training["optimizer"], micro_batch_size=1,
+                         seq_len=int(training["seq_len"]), gradient_checkpointing=bool(training["gradient_checkpointing"]),
+                         sharding=sharding, gpu_count=gpu.count, gradient_accumulation=accumulate)
+
+
+def _offload_fits_host(prof: MemoryProfile, gpu: GpuSpec) -> bool:
+    """Return True when the CPU-offloaded state of the GPUs of one node fits its host RAM."""
+    return prof.cpu_offload / 2**30 * min(gpu.count, GPUS_PER_NODE) <= gpu.host_memory_gb
+
+
+def _choose(get: Any, training: dict, shardings: tuple[str, ...], batches: tuple[int, ...], limits: tuple[float, ...],
+            gpu: GpuSpec) -> tuple[str, int] | None:
+    for limit in limits:
+        for sharding in shardings:
+            prof = get(training, sharding)
+            if sharding == "zero3_offload" and not _offload_fits_host(prof, gpu):
+                continue
+            batch = prof.largest_batch(limit, batches)
+            if batch is not None:
+                return sharding, batch
+    return None
+
+
+def ladder(spec: VerdictSpec, gpu: GpuSpec, constants: MemoryConstants) -> list[tuple[dict, tuple[str, ...],
+                                                                                          tuple[int, ...], list[str]]]:
+    """Return the settings ladder of a spec: cumulative steps a practitioner takes when nothing fits.
+
+    Each step is ``(training, shardings, batches, changes)``, ``changes`` saying what changed and why:
+    1. micro-batch 1, gradient accumulation keeping the effective batch;
+    2. gradient checkpointing on (where the method can recompute);
+    3. the paged 8-bit AdamW (8-bit states that page to host RAM under pressure) instead of AdamW;
+    4. ZeRO-3 across the GPUs (only with more than one GPU);
+    5. ZeRO-3 with CPU offload (only when ``hardware.host_memory_gb`` holds the offloaded state of a
+       node, and only for a 16-bit base: the PEFT docs pair CPU offload with 16-bit LoRA, not with
+       4-bit bitsandbytes bases); DeepSpeed's CPU Adam then runs the optimizer, so step 3's optimizer
+       change is undone.
+    A setting the user gave (``spec.fixed``) is never changed. The sequence length is not on the ladder:
+    :func:`resolve_spec` already bounds it by the data's own maximum (``data.seq_len``).
+    """
+    training = dict(spec.training)
+    shardings, batches = spec.shardings, spec.batches
+    steps: list[tuple[dict, tuple[str, ...], tuple[int, ...], list[str]]] = []
+    changes: dict[str, str] = {}
+
+    def step(key: str, change: str) -> None:
+        changes[key] = change
+        steps.append((dict(training), shardings, batches, list(changes.values())))
+
+    if "micro_batch_size" not in spec.fixed and 1 not in batches:
+        batches = (1,)
+        step("micro_batch_size", "micro-batch 1 with gradient accumulation keeping the effective batch")
+    terms = methods.get(spec.method).memory
+    can_recompute = terms.recompute is None or terms.recompute(constants)[0]
+    if "gradient_checkpointing" not in spec.fixed and not training["gradient_checkpointing"] and can_recompute:
+        training["gradient_checkpointing"] = True
+        step("gradient_checkpointing", "gradient checkpointing on (each layer's activations are recomputed in backward)")
+    optimizer = training["optimizer"]
+    if "optimizer" not in spec.fixed and optimizer in ("adamw", "adamw_8bit"):
+        training["optimizer"] = _PAGED_OPTIMIZER
+        step("optimizer", f"optimizer {optimizer} -> {_PAGED_OPTIMIZER} (8-bit states, paged to host RAM under "
+                          "pressure)")
+    if "sharding" not in spec.fixed and gpu.count > 1 and "zero3" not in shardings:
+        shardings = ("zero3",)
+        step("sharding", f"ZeRO-3: weights, gradients and optimizer states sharded across the {gpu.count} GPUs")
+    if "sharding" not in spec.fixed and gpu.host_memory_gb > 0 and terms.base == "dense":
+        shardings = ("zero3_offload",)
+        training["optimizer"] = optimizer
+        changes.pop("optimizer", None)
+        step("sharding", "ZeRO-3 with CPU offload: parameters, gradients and optimizer states in host RAM "
+                         f"({gpu.host_memory_gb:g} GiB per node; DeepSpeed's CPU Adam runs the optimizer)")
+    return steps
 
 
 def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constants: MemoryConstants, usable: float,
@@ -474,51 +585,105 @@ def candidate_from(spec: VerdictSpec, arch: Architecture, gpu: GpuSpec, constant
 
     ``auto`` settings: no sharding before ZeRO-3, then the largest micro-batch that fits, keeping
     ``headroom_gb`` free when some batch size can (solved from the memory profile, not searched).
-    With nothing fitting, the smallest configuration tried is reported. ``profile_of(sharding)``
-    may supply cached profiles. Raises ValueError for bad hyperparameters or target modules.
+    When nothing fits at the spec's own settings, the settings ladder (:func:`ladder`) is walked and
+    the first step that fits is taken, with a note saying which settings changed and why; with
+    nothing fitting even then, the most reduced configuration tried is reported. The estimate
+    assumes gradients accumulate unless one micro-batch per step is certain, then is made exact for
+    the chosen accumulation. ``profile_of(setup)`` may supply cached profiles. Raises ValueError for
+    bad hyperparameters or target modules.
     """
     training = dict(spec.training)
 
-    def make(sharding: str) -> MemoryProfile:
-        setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
-                              micro_batch_size=1, seq_len=int(training["seq_len"]),
-                              gradient_checkpointing=bool(training["gradient_checkpointing"]),
-                              sharding=sharding, gpu_count=gpu.count)
+    def make(setup: TrainingSetup) -> MemoryProfile:
         return profile(arch, spec.cfg, setup, constants)
 
-    get = profile_of or make
+    of_setup = profile_of or make
+    accumulate = _accumulates(spec, gpu)
+    seen: dict[tuple, MemoryProfile] = {}  # by the settings that make the setup (no TrainingSetup built twice)
+
+    def get(train: dict, sharding: str, acc: bool = accumulate) -> MemoryProfile:
+        key = (train["precision"], train["optimizer"], train["seq_len"], train["gradient_checkpointing"], sharding,
+               acc)
+        found = seen.get(key)
+        if found is None:
+            found = seen[key] = of_setup(_setup(train, sharding, gpu, acc))
+        return found
+
     limits = (usable - spec.headroom_gb, usable) if spec.headroom_gb > 0 else (usable,)
-    chosen: tuple[str, int] | None = None
-    for limit in limits:
-        for sharding in spec.shardings:
-            batch = get(sharding).largest_batch(limit, spec.batches)
-            if batch is not None:
-                chosen = (sharding, batch)
-                break
-        if chosen:
-            break
+    shardings, batches = spec.shardings, spec.batches
+    notes = list(spec.notes)
+    fit_changes: list[str] = []
+    chosen = _choose(get, training, shardings, batches, limits, gpu)
+    if chosen is None:
+        steps: list[tuple[dict, tuple[str, ...], tuple[int, ...], list[str]]] = []
+        for step in ladder(spec, gpu, constants):
+            if step[1] == ("zero3_offload",):
+                offload = get(step[0], "zero3_offload")
+                if not _offload_fits_host(offload, gpu):
+                    host = offload.cpu_offload / 2**30 * min(gpu.count, GPUS_PER_NODE)
+                    notes.append(f"ZeRO-3 CPU offload would need {host:.0f} GiB of host RAM per node; "
+                                 f"hardware.host_memory_gb is {gpu.host_memory_gb:g}")
+                    continue
+            steps.append(step)
+        # every step needs no more memory than the one before, so when the last does not fit none does
+        if steps and _choose(get, steps[-1][0], steps[-1][1], steps[-1][2], (usable,), gpu) is not None:
+            for step_training, step_shardings, step_batches, changes in steps:
+                chosen = _choose(get, step_training, step_shardings, step_batches, (usable,), gpu)
+                if chosen is not None:
+                    needed = min(get(training, sh).total_gib(batches[-1]) for sh in shardings)
+                    training, shardings, batches = step_training, step_shardings, step_batches
+                    fit_changes = [f"at the policy's settings it needs {needed:.2f} GiB of {usable:.2f} usable",
+                                   *changes]
+                    break
+        elif steps:
+            training, shardings, batches = steps[-1][0], steps[-1][1], steps[-1][2]
+            notes.append("nothing fits even with the settings a practitioner would change; the most reduced "
+                         "configuration tried is shown")
     if chosen is None:  # nothing fits: report the smallest configuration tried
-        chosen = min(((sh, spec.batches[-1]) for sh in spec.shardings), key=lambda sb: get(sb[0]).total_gib(sb[1]))
+        chosen = min(((sh, batches[-1]) for sh in shardings),
+                     key=lambda sb: get(training, sb[0]).total_gib(sb[1]))
     sharding, micro_batch = chosen
-    est = get(sharding).at(micro_batch)
+    per_step = micro_batch * gpu.count
+    accumulation = max(1, math.ceil(spec.effective_batch / per_step)) if spec.effective_batch else 1
+    exact = get(training, sharding, False) if accumulate and accumulation == 1 else get(training, sharding)
+    est = exact.at(micro_batch)
     training["sharding"] = sharding
     training["micro_batch_size"] = micro_batch
-    per_step = micro_batch * gpu.count
-    training["gradient_accumulation_steps"] = max(1, math.ceil(spec.effective_batch / per_step)) \
-        if spec.effective_batch else 1
+    training["gradient_accumulation_steps"] = accumulation
     return Candidate(spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules, spec.num_virtual_tokens,
                      spec.adapter_size, spec.init_rank, dict(spec.quantization) if spec.quantization else None,
-                     training, dict(spec.multitask) if spec.multitask else None, est, usable, list(spec.notes))
+                     training, dict(spec.multitask) if spec.multitask else None, est, usable, notes, fit_changes)
+
+
+def inapplicable_candidate(spec: VerdictSpec, usable: float, reason: str) -> Candidate:
+    """Return a candidate for a verdict that cannot be applied to the architecture: it never fits.
+
+    peft refuses some method/architecture combinations (DoRA or AdaLoRA where the targets reach a MoE
+    model's routed experts); such a verdict is not an error of the facts, the method just does not apply.
+    """
+    empty = Estimate(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, notes=[f"not applicable: {reason}"])
+    return Candidate(spec.method, spec.rank, spec.alpha, spec.dropout, spec.target_modules, spec.num_virtual_tokens,
+                     spec.adapter_size, spec.init_rank, dict(spec.quantization) if spec.quantization else None,
+                     dict(spec.training), dict(spec.multitask) if spec.multitask else None, empty, usable,
+                     list(spec.notes), inapplicable=reason)
+
+
+def _applied(spec: VerdictSpec, usable: float, make: Any) -> Candidate:
+    try:
+        return make()
+    except ValueError as exc:  # the method cannot be applied to this architecture (user targets are checked first)
+        return inapplicable_candidate(spec, usable, str(exc))
 
 
 def resolve_candidate(policy: Any, then: dict, facts: dict, arch: Architecture, gpu: GpuSpec,
                       constants: MemoryConstants, usable: float) -> Candidate:
     """Return the verdict a rule's ``then`` yields for these facts, with its memory estimate.
 
-    ``resolve_spec`` then ``candidate_from``, uncached. Raises ValueError for an unknown method or bad
-    hyperparameters.
+    ``resolve_spec`` then ``candidate_from``, uncached; a verdict peft cannot apply to this
+    architecture becomes an inapplicable candidate. Raises ValueError for an unknown method.
     """
-    return candidate_from(resolve_spec(policy, then, facts, gpu), arch, gpu, constants, usable)
+    spec = resolve_spec(policy, then, facts, gpu)
+    return _applied(spec, usable, lambda: candidate_from(spec, arch, gpu, constants, usable))
 
 
 def _frozen(value: Any) -> Any:
@@ -729,18 +894,13 @@ def _candidate(policy: Any, then: dict, facts: dict, arch: Architecture, arch_ke
         if len(cache.specs) > 65536:
             cache.specs.clear()
         cache.specs[spec_key] = spec
-    training = dict(spec.training)
-    got: dict[str, MemoryProfile] = {}
+    got: dict[TrainingSetup, MemoryProfile] = {}
 
-    def profile_of(sharding: str) -> MemoryProfile:
-        found = got.get(sharding)
+    def profile_of(setup: TrainingSetup) -> MemoryProfile:
+        found = got.get(setup)
         if found is None:
-            setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"], micro_batch_size=1,
-                                  seq_len=int(training["seq_len"]),
-                                  gradient_checkpointing=bool(training["gradient_checkpointing"]), sharding=sharding,
-                                  gpu_count=gpu.count)
-            found = got[sharding] = cache.profile((arch_key, spec.cfg, setup),
-                                                  lambda: profile(arch, spec.cfg, setup, constants))
+            found = got[setup] = cache.profile((arch_key, spec.cfg, setup), lambda: profile(arch, spec.cfg, setup,
+                                                                                              constants))
         return found
 
-    return candidate_from(spec, arch, gpu, constants, usable, profile_of)
+    return _applied(spec, usable, lambda: candidate_from(spec, arch, gpu, constants, usable, profile_of))

@@ -8,6 +8,7 @@ from typing import Any
 
 from .cost import CostConstants, estimate_cost
 from .derive import Candidate, Derived
+from .memory import breakdown
 
 
 def architecture_dict(arch: Any) -> dict:
@@ -51,7 +52,7 @@ def method_estimates(cost_constants: CostConstants, derived: Derived, facts: dic
         if fixed is None:
             fixed = {"label": cand.label(), "fits": cand.fits, "usable_gb": round(cand.usable_gb, 3),
                      "headroom_gb": round(cand.headroom_gb, 3), "sharding": cand.training["sharding"],
-                     "micro_batch_size": cand.training["micro_batch_size"]}
+                     "micro_batch_size": cand.training["micro_batch_size"], "inapplicable": cand.inapplicable or None}
             cand.cache["table_entry"] = fixed
         memory = cand.cache.get("memory")
         if memory is None:
@@ -59,4 +60,35 @@ def method_estimates(cost_constants: CostConstants, derived: Derived, facts: dic
         entry = {**fixed, "memory": {**memory, "notes": list(memory["notes"])}}
         entry["cost"] = candidate_cost(cost_constants, derived, cand, facts) if cand.fits else None
         out[method] = entry
+    return out
+
+
+def method_breakdowns(derived: Derived, names: tuple[str, ...]) -> dict[str, dict]:
+    """Return, per method in ``names`` (at its default configuration), the estimate term by term.
+
+    Each entry: ``label``, the ``settings`` the estimate is for (the ones the memory model chose,
+    the settings ladder's included), ``fit_changes``, ``rows`` (component, term, detail, gib; they
+    sum to ``total_gib``) and the architecture's ``moe`` facts. Raises KeyError for an unknown method.
+    """
+    out: dict[str, dict] = {}
+    gpu = derived.gpu
+    for name in names:
+        cand = derived.defaults[name]
+        if cand.inapplicable:
+            out[name] = {"label": cand.label(), "fits": False, "inapplicable": cand.inapplicable, "rows": []}
+            continue
+        setup = cand.training_setup(gpu.count)
+        rows = breakdown(derived.arch, cand.method_config(), setup, derived.constants)
+        t = cand.training
+        out[name] = {
+            "label": cand.label(), "fits": cand.fits, "usable_gb": round(cand.usable_gb, 3),
+            "settings": {"precision": t["precision"], "optimizer": t["optimizer"],
+                         "micro_batch_size": t["micro_batch_size"],
+                         "gradient_accumulation_steps": t.get("gradient_accumulation_steps", 1),
+                         "seq_len": t["seq_len"], "gradient_checkpointing": t["gradient_checkpointing"],
+                         "sharding": t["sharding"], "gpu_count": gpu.count},
+            "fit_changes": list(cand.fit_changes),
+            "rows": [{**r, "gib": round(float(r["gib"]), 4)} for r in rows],
+            "total_gib": round(cand.estimate.total_gib, 4),
+        }
     return out

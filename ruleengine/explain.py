@@ -32,8 +32,9 @@ def rejected_methods(trace: tuple[TraceEvent, ...] | list[TraceEvent], derived: 
                      why_not: dict[str, str] | None = None) -> list[dict]:
     """Return, for every method other than the chosen one, why it was not chosen.
 
-    Codes: ``memory`` (a rule chose it but its verdict does not fit, or no rule chose it and it
-    does not fit at its defaults), ``outranked`` (a rule chose it and it fits, but a rule that
+    Codes: ``inapplicable`` (the method cannot be applied to this architecture, e.g. DoRA where peft
+    would adapt routed experts), ``memory`` (a rule chose it but its verdict does not fit, or no rule
+    chose it and it does not fit at its defaults), ``outranked`` (a rule chose it and it fits, but a rule that
     comes first won), ``conditions`` (the rules that choose it did not match: the first failing
     condition with the actual value and margin), ``no-rule`` (no rule of the policy chooses it;
     the policy's ``defaults.methods.<m>.why_not`` says why, when given).
@@ -54,6 +55,10 @@ def rejected_methods(trace: tuple[TraceEvent, ...] | list[TraceEvent], derived: 
                 "usable_gb": round(default.usable_gb, 3), "margin_gb": round(default.headroom_gb, 3),
                 "rule": None, "condition": None}
         base = dict(fixed)
+        if default.inapplicable:
+            out.append({**base, "code": "inapplicable", "reason": f"cannot be applied to this model: "
+                                                                  f"{default.inapplicable}"})
+            continue
         outranked = next((e for e in events if e.matched), None)
         too_big = next((e for e in events if e.conditions_hold and not e.fits), None)
         if outranked is not None and winner is not None:

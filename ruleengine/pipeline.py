@@ -13,7 +13,7 @@ from typing import Any
 
 from . import explain
 from .decision import Decision, new_decision_id
-from .estimates import architecture_dict, method_estimates
+from .estimates import architecture_dict, method_breakdowns, method_estimates
 from .evaluate import Evaluation, Evaluator
 from .facts import FactsInput, normalize_facts, plain_copy
 from .templates import render_message
@@ -68,6 +68,10 @@ def _messages(evaluator: Evaluator, ev: Evaluation) -> tuple[list[dict], list[di
         notes.extend({"code": n["code"], "message": render(n["message"]), "rule": rule.id} for n in rule.note)
         if ev.candidate:
             notes.extend({"code": "verdict-adjusted", "message": text, "rule": rule.id} for text in ev.candidate.notes)
+            if ev.candidate.fit_changes:
+                needed, *changes = ev.candidate.fit_changes
+                notes.append({"code": "settings-changed-to-fit", "rule": rule.id,
+                              "message": f"settings changed to fit ({needed}): " + "; ".join(changes)})
     for rid in ev.advice:
         rule = policy.rule(rid)
         warnings.extend({"code": w["code"], "message": render(w["message"]), "rule": rid} for w in rule.warn)
@@ -153,15 +157,23 @@ def summarize(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "
             "suggestions": [s["text"] for s in suggestions]}
 
 
-def estimate(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "") -> dict:
+def estimate(evaluator: Evaluator, given: dict | FactsInput, *, origin: str = "",
+             breakdown: tuple[str, ...] = ()) -> dict:
     """Return memory, trainable parameters and cost of every method for ``given`` (no rules applied).
 
-    Data is optional (cost needs it). Raises FactsError for invalid facts.
+    Data is optional (cost needs it). ``breakdown`` names methods whose estimate is also returned
+    term by term (``breakdown`` key; see estimates.method_breakdowns). Raises FactsError for invalid
+    facts, KeyError for an unknown method in ``breakdown``.
     """
     facts = normalized_facts(evaluator, given, origin=origin, require=("model", "hardware"))
     derived = evaluator.derive(facts, origin)
     policy = evaluator.policy
-    return {"policy": {"name": policy.name, "version": policy.version, "sha256": evaluator.sha256},
-            "architecture": architecture_dict(derived.arch), "usable_gb": derived.usable_gb,
-            "gpu": {"name": derived.gpu.name, "memory_gb": derived.gpu.memory_gb, "count": derived.gpu.count},
-            "estimates": method_estimates(evaluator.cost_constants, derived, facts)}
+    out = {"policy": {"name": policy.name, "version": policy.version, "sha256": evaluator.sha256},
+           "architecture": architecture_dict(derived.arch), "usable_gb": derived.usable_gb,
+           "gpu": {"name": derived.gpu.name, "memory_gb": derived.gpu.memory_gb, "count": derived.gpu.count,
+                   "host_memory_gb": derived.gpu.host_memory_gb},
+           "estimates": method_estimates(evaluator.cost_constants, derived, facts)}
+    if breakdown:
+        out["breakdown"] = method_breakdowns(derived, breakdown)
+        out["architecture_summary"] = derived.arch.summary()
+    return out

@@ -36,6 +36,9 @@ def render_estimates_table(estimates: dict[str, dict]) -> list[str]:
             f"{'total':>8}  {'fits':<5}{'trainable':>11}{'GPU-h':>9}{'cost $':>9}")
     lines = [head]
     for _method, e in estimates.items():
+        if e.get("inapplicable"):
+            lines.append(f"  {e['label']:<14}  n/a: {e['inapplicable']}")
+            continue
         m = e["memory"]
         other = m.get("quant_constants_gib", 0) + m.get("overhead_gib", 0)
         cost = e.get("cost") or {}
@@ -44,6 +47,26 @@ def render_estimates_table(estimates: dict[str, dict]) -> list[str]:
         lines.append(f"  {e['label']:<14}{e.get('micro_batch_size', ''):>4}{m['weights_gib']:>8.1f}{m['gradients_gib']:>7.1f}{m['optimizer_gib']:>7.1f}"
                      f"{m['activations_gib']:>7.1f}{m['logits_gib']:>7.1f}{other:>7.1f}{m['total_gib']:>8.1f}  "
                      f"{'yes' if e['fits'] else 'NO':<5}{format_count(m['trainable_params']):>11}{gh:>9}{usd:>9}")
+    return lines
+
+
+def render_breakdown(name: str, entry: dict) -> list[str]:
+    """Return one method's estimate term by term as text lines (the ``breakdown`` of ``decide estimate``)."""
+    if entry.get("inapplicable"):
+        return [f"{entry['label']}: not applicable to this model: {entry['inapplicable']}"]
+    t = entry["settings"]
+    lines = [f"{entry['label']}: {entry['total_gib']:.2f} GiB per GPU of {entry['usable_gb']:.1f} usable "
+             f"({'fits' if entry['fits'] else 'does NOT fit'}); micro-batch {t['micro_batch_size']} x grad-accum "
+             f"{t['gradient_accumulation_steps']}, seq {t['seq_len']}, checkpointing "
+             f"{'on' if t['gradient_checkpointing'] else 'off'}, {t['precision']}, {t['optimizer']}, sharding "
+             f"{t['sharding']} on {t['gpu_count']} GPU{'s' if t['gpu_count'] > 1 else ''}"]
+    if entry["fit_changes"]:
+        needed, *changes = entry["fit_changes"]
+        lines.append(f"  settings changed to fit ({needed}): " + "; ".join(changes))
+    lines.append(f"  {'component':<16}{'term':<52}{'GiB':>8}  detail")
+    for r in entry["rows"]:
+        lines.append(f"  {r['component']:<16}{r['term'][:51]:<52}{r['gib']:>8.2f}  {r['detail']}")
+    lines.append(f"  {'total':<16}{'':<52}{sum(r['gib'] for r in entry['rows']):>8.2f}")
     return lines
 
 

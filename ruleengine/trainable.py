@@ -87,6 +87,8 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
     only by their own name, as peft's ``target_parameters`` does, with one adapter per expert.
     Raises ValueError for an unknown preset, a name matching no module (the message lists the
     valid names), a router, or None where peft has no default.
+
+    Remembered per Architecture object (the decision hot path resolves the same targets per estimate).
     """
     key = (method, tuple(target_modules) if isinstance(target_modules, list) else target_modules)
     memo = arch.memo("targets")
@@ -97,6 +99,7 @@ def resolve_targets(arch: Architecture, method: str, target_modules: str | Itera
 
 
 def _resolve_targets(arch: Architecture, method: str, target_modules: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Resolve ``target_modules`` against ``arch`` (uncached; see :func:`resolve_targets`)."""
     infos = arch.linears()
     modules = list(infos)
     adaptable = [n for n in modules if infos[n].kind in ADAPTER_KINDS]

@@ -39,14 +39,27 @@ def _with(facts: dict, path: str, value: Any) -> dict:
     return {**facts, group: changed}
 
 
+#: host RAM per node tried to see whether ZeRO-3 CPU offload would make an infeasible decision feasible
+HOST_PROBE_GIB = 8192.0
+#: the shortest data sequence length suggested
+MIN_SUGGESTED_SEQ_LEN = 128
+
+
+def _default_seq_len(evaluator: Evaluator) -> int:
+    return int((evaluator.policy.defaults.get("training") or {}).get("seq_len") or 2048)
+
+
 def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dict]:
     """Return what would make an infeasible decision feasible, each re-evaluated under the policy.
 
-    Tries, in order: a larger GPU from the catalog, more GPUs (sharded), ZeRO-3 with CPU offload,
-    a shorter sequence and batch of 1, and the largest model that fits. Never suggests a method
-    that does not fit: every suggestion is a real evaluation of the policy. The largest GPU and the
-    largest GPU count are tried first and the smaller ones only when those help: a policy where more
-    memory turns a feasible decision infeasible fails `decide check --properties` anyway.
+    Tries, in order: a larger GPU from the catalog, more GPUs (sharded), enough host RAM for ZeRO-3
+    CPU offload (how much, per node), the longest data sequence length that fits (halving from the
+    current one), and the largest model that fits. Never suggests a method that does not fit: every
+    suggestion is a real evaluation of the policy. The largest GPU, the largest GPU count and the
+    shortest sequence are tried first and the others only when those help (the smallest sufficient
+    GPU memory size by bisection over the catalog's sizes, then that size's first GPU that fits): a
+    policy where more memory turns a feasible decision infeasible fails `decide check --properties`
+    anyway.
     """
     policy = evaluator.policy
     out: list[dict] = []
@@ -56,15 +69,43 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
     larger = [(name, spec) for name, spec in sorted(policy.gpus.items(),
                                                     key=lambda kv: (kv[1]["memory_gb"], kv[1]["price_per_hour"]))
               if spec["memory_gb"] > current]  # no more memory than today's GPU cannot fit what does not
-    # the largest GPU first: when even it does not help, the smaller ones are not tried one by one
-    if larger and _fits(_outcome(evaluator, {**facts, "hardware": {"gpu": larger[-1][0], "gpu_count": count}}, origin)):
+    other_hw = {k: v for k, v in hw.items() if k not in ("gpu", "gpu_memory_gb")}  # host memory stays
+
+    def on_gpu(name: str) -> dict:
+        return {**facts, "hardware": {**other_hw, "gpu": name, "gpu_count": count}}
+
+    # the largest GPU first: when even it does not help, the smaller ones are not tried. Then the smallest
+    # memory size where some GPU fits, by bisection over the distinct sizes (more memory never turns a
+    # fitting decision into one that does not), and its first GPU (cheapest) that fits
+    if larger and _fits(_outcome(evaluator, on_gpu(larger[-1][0]), origin)):
+        sizes: list[list[tuple[str, dict]]] = []
         for name, spec in larger:
-            res = _outcome(evaluator, {**facts, "hardware": {"gpu": name, "gpu_count": count}}, origin)
-            if res and res[1] is not None:
-                out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
-                            "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                            "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {res[1].label()}"})
-                break
+            if sizes and sizes[-1][0][1]["memory_gb"] == spec["memory_gb"]:
+                sizes[-1].append((name, spec))
+            else:
+                sizes.append([(name, spec)])
+
+        def first_fit(group: list[tuple[str, dict]]) -> tuple[str, dict, Candidate] | None:
+            for name, spec in group:
+                res = _outcome(evaluator, on_gpu(name), origin)
+                if res and res[1] is not None:
+                    return name, spec, res[1]
+            return None
+
+        short, enough = -1, len(sizes) - 1  # sizes[enough] fits (the largest GPU did); sizes[short] does not
+        found = first_fit(sizes[enough])
+        while enough - short > 1:
+            mid = (short + enough) // 2
+            res_mid = first_fit(sizes[mid])
+            if res_mid is not None:
+                enough, found = mid, res_mid
+            else:
+                short = mid
+        if found is not None:
+            name, spec, cand = found
+            out.append({"kind": "larger-gpu", "facts": {"hardware.gpu": name, "hardware.gpu_count": count},
+                        "verdict": cand.label(), "memory_gb": round(cand.estimate.total_gib, 2),
+                        "text": f"with {count}x {name} ({spec['memory_gb']} GiB): {cand.label()}"})
     counts = [n for n in (2, 4, 8, 16, 32, 64) if n > count]
     if counts and _fits(_outcome(evaluator, _with(facts, "hardware.gpu_count", counts[-1]), origin)):
         for n in counts:
@@ -75,20 +116,31 @@ def suggestions(evaluator: Evaluator, facts: dict, origin: str = "") -> list[dic
                             "memory_gb": round(res[1].estimate.total_gib, 2),
                             "text": f"with {n}x {label} (sharding {res[1].training['sharding']}): {res[1].label()}"})
                 break
-    training = facts.get("training") or {}
-    if count > 1:
-        res = _outcome(evaluator, {**facts, "training": {**training, "sharding": "zero3_offload"}}, origin)
-        if res and res[1] is not None:
-            out.append({"kind": "zero3-offload", "facts": {"training.sharding": "zero3_offload"},
+    if float(hw.get("host_memory_gb") or 0) < HOST_PROBE_GIB:  # would ZeRO-3 CPU offload fit, given host RAM?
+        res = _outcome(evaluator, _with(facts, "hardware.host_memory_gb", HOST_PROBE_GIB), origin)
+        if res and res[1] is not None and res[1].training.get("sharding") == "zero3_offload":
+            need = res[1].estimate.cpu_offload_gib * min(count, 8)
+            out.append({"kind": "host-memory", "facts": {"hardware.host_memory_gb": round(need)},
                         "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                        "text": f"with ZeRO-3 and CPU offload on the same GPUs: {res[1].label()} "
-                                f"({res[1].estimate.cpu_offload_gib:.0f} GiB of host RAM per GPU)"})
-    small = {**training, "micro_batch_size": 1, "seq_len": 512, "gradient_checkpointing": True}
-    res = _outcome(evaluator, {**facts, "training": small}, origin)
-    if res and res[1] is not None:
-        out.append({"kind": "smaller-batch", "facts": {"training.micro_batch_size": 1, "training.seq_len": 512},
-                    "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
-                    "text": f"with micro_batch_size 1 and seq_len 512: {res[1].label()}"})
+                        "text": f"with {need:.0f} GiB of host RAM per node (hardware.host_memory_gb; ZeRO-3 CPU "
+                                f"offload): {res[1].label()}"})
+    training = facts.get("training") or {}
+    if "seq_len" not in training:  # the data's own length bounds the sequence; a set training.seq_len is the user's
+        seq = int(facts["data"].get("seq_len") or _default_seq_len(evaluator))
+        lengths = []
+        while seq // 2 >= MIN_SUGGESTED_SEQ_LEN:
+            seq //= 2
+            lengths.append(seq)
+        # the shortest first: when even it does not fit, the longer ones are not tried one by one
+        if lengths and _fits(_outcome(evaluator, _with(facts, "data.seq_len", lengths[-1]), origin)):
+            for length in lengths:
+                res = _outcome(evaluator, _with(facts, "data.seq_len", length), origin)
+                if res and res[1] is not None:
+                    out.append({"kind": "shorter-sequences", "facts": {"data.seq_len": length},
+                                "verdict": res[1].label(), "memory_gb": round(res[1].estimate.total_gib, 2),
+                                "text": f"if the data's sequences are at most {length} tokens (data.seq_len): "
+                                        f"{res[1].label()}"})
+                    break
     lo, hi = 1e8, float(facts["model"].get("params") or 0)
     if hi > lo and (res := _outcome(evaluator, _with(facts, "model.params", lo), origin)) and res[1] is not None:
         while hi / lo > 1.01:  # within 1% of the boundary (lo always fits, so the suggestion holds)

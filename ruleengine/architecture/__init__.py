@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - the names as type checkers see them
     from .config import from_hf_config, load_hf_config
-    from .exact import exact_architecture
+    from .exact import TrainExtraMissing, exact_architecture
     from .families import FAMILIES, SUPPORTED_MODEL_TYPES
     from .infer import LLAMA_SHAPES, MIN_INFER_PARAMS, infer_from_params
     from .model import Architecture, ArchitectureError, LayerGroup, Linear, shape_params
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - the names as type checkers see them
 # parameter count never loads the config reader and the family table
 _EXPORTS = {
     "from_hf_config": "config", "load_hf_config": "config", "exact_architecture": "exact",
+    "TrainExtraMissing": "exact",
     "FAMILIES": "families", "SUPPORTED_MODEL_TYPES": "families", "LLAMA_SHAPES": "infer",
     "MIN_INFER_PARAMS": "infer", "infer_from_params": "infer", "Architecture": "model",
     "ArchitectureError": "model", "LayerGroup": "model", "Linear": "model", "shape_params": "model",
@@ -35,7 +36,7 @@ _EXPORTS = {
 __all__ = [
     "FAMILIES", "LLAMA_SHAPES", "MIN_INFER_PARAMS", "SUPPORTED_MODEL_TYPES", "Architecture", "ArchitectureError",
     "LayerGroup", "Linear", "exact_architecture", "from_hf_config", "infer_from_params", "load_hf_config",
-    "shape_params",
+    "TrainExtraMissing", "shape_params",
 ]
 
 

@@ -349,6 +349,7 @@ def _build(family: Family, r: _Reader, model_type: str, key: str) -> Architectur
         head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tie,
         mlp="plain" if family.mlp == "plain" else "gated", model_type=model_type, params=0, source="config",
         attention_bias=qkv_bias, output_bias=o_bias, mlp_bias=mlp_bias, norm=norm, qk_norm=bool(qk_kind),
+        norms_per_layer=norms,
         word_embed_proj_dim=proj, position_embeddings=positions,
         final_norm=final,
         layer_groups=name_groups(groups), top_params=top, family=key,

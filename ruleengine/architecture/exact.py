@@ -19,6 +19,10 @@ from .model import Architecture, ArchitectureError, LayerGroup, Linear, name_gro
 
 EXTRA_HINT = "install the training extra: pip install 'finetune-policy[train]' (torch and transformers)"
 
+
+class TrainExtraMissing(ArchitectureError):
+    """Exact counting needs torch and transformers (the ``train`` extra), which are not installed."""
+
 # Module path fragments -> role, tried in order on the last path component.
 _ROLES = (("q_a_proj", "q_a"), ("q_b_proj", "q_b"), ("kv_a_proj", "kv_a"), ("kv_b_proj", "kv_b"),
           ("query_key_value", "qkv"), ("qkv_proj", "qkv"), ("c_attn", "qkv"), ("Wqkv", "qkv"),
@@ -38,13 +42,13 @@ def exact_architecture(config: dict, origin: str = "<config>") -> Architecture:
     (whose ``attribute_map`` resolves e.g. GPT-2's ``n_embd``). ``source`` is ``exact``. Raises
     ArchitectureError when torch/transformers are missing (the message names the extra), when
     transformers does not know the ``model_type`` (remote-code models such as Qwen v1), or when
-    the model cannot be built from this config.
+    the model cannot be built from this config (TrainExtraMissing, a subclass, when the extra is missing).
     """
     try:
         import torch
         import transformers
     except ImportError:
-        raise ArchitectureError(f"{origin}: exact counting needs torch and transformers; {EXTRA_HINT}") from None
+        raise TrainExtraMissing(f"{origin}: exact counting needs torch and transformers; {EXTRA_HINT}") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ArchitectureError(f"{origin}: required key `model_type` is missing", "model_type")
     try:

@@ -200,6 +200,8 @@ class Architecture:
     output_bias: bool = False  # the attention output projection carries a bias
     mlp_bias: bool = False
     norm: str = "rmsnorm"  # "rmsnorm" | "layernorm" (weight and bias) | "layernorm_nobias" | "none"
+    norms_per_layer: int = 2  # normalizations in one decoder layer, with or without weights (gemma2/3: 4; parallel
+    #                           blocks with one shared norm: 1)
     qk_norm: bool = False  # a norm over q and k (qwen3, gemma3, olmo2, ...)
     word_embed_proj_dim: int = 0  # opt: embedding width when it differs from hidden_size (0 = same)
     position_embeddings: int = 0  # rows of a learned position table (opt: max positions + 2; gpt2: n_positions)

@@ -459,14 +459,8 @@ class MemoryProbe:
             gpu = self._gpu("probe", 1.0, bool(bf16), None, None, int(count))
             resolved = self._resolve_spec(self.policy, spec, facts, gpu)
             arch = self.arch(params)
-            training = dict(resolved.training)
-            from ..memory import TrainingSetup
 
-            def profile_of(sharding: str) -> Any:
-                setup = TrainingSetup(precision=training["precision"], optimizer=training["optimizer"],
-                                      micro_batch_size=1, seq_len=int(training["seq_len"]),
-                                      gradient_checkpointing=bool(training["gradient_checkpointing"]),
-                                      sharding=sharding, gpu_count=int(count))
+            def profile_of(setup: Any) -> Any:
                 pkey = (params, resolved.cfg, setup)
                 made = self._profiles.get(pkey)
                 if made is None:

@@ -255,6 +255,8 @@ def light_decision(policy: Any, ev: Any) -> dict:
         notes.extend({"code": n["code"]} for n in rule.note)
         if ev.candidate:
             notes.extend({"code": "verdict-adjusted"} for _ in ev.candidate.notes)
+            if ev.candidate.fit_changes:
+                notes.append({"code": "settings-changed-to-fit"})
     for rid in ev.advice:
         rule = policy.rule(rid)
         warnings.extend({"code": w["code"]} for w in rule.warn)

@@ -23,7 +23,7 @@ from ..yamlsafe import LocatedDoc, load_yaml_file
 EXPECT_KEYS = ("feasible", "method", "rank", "target_modules", "rule", "matched_rules", "warnings", "notes",
                "not_warnings", "not_notes")
 GATE_KEYS = ("min_coverage", "min_mutation_score")
-ENGINE_NOTE_CODES = ("verdict-adjusted", "facts-adjusted")  # notes the engine adds besides the rules'
+ENGINE_NOTE_CODES = ("verdict-adjusted", "facts-adjusted", "settings-changed-to-fit")  # notes the engine adds
 
 
 @dataclass

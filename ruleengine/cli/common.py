@@ -51,6 +51,8 @@ FACT_FLAGS: list[tuple[str, tuple, Any, str]] = [
     ("--model-config", ("model", "config"), str, "path to a Hugging Face config.json, a regular file of at most "
      "1 MiB [model.config]"),
     ("--model-name", ("model", "name"), str, "model label, for the record only [model.name]"),
+    ("--exact/--no-exact", ("model", "exact"), None, "count the architecture of --model-config with transformers "
+     "on the meta device: any model_type transformers knows (needs the train extra) [model.exact]"),
     ("--gpu", ("hardware", "gpu"), str, "GPU catalog name, e.g. a100-80gb [hardware.gpu]"),
     ("--gpu-memory-gb", ("hardware", "gpu_memory_gb"), FINITE_FLOAT, "memory of one GPU in GiB [hardware.gpu_memory_gb]"),
     ("--gpus", ("hardware", "gpu_count"), int, "number of GPUs [hardware.gpu_count]"),

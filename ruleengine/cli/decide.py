@@ -12,6 +12,7 @@ from typing import IO, Any
 import click
 
 from ..exitcodes import ExitCode
+from ..methods import method_names
 from ..pipeline import summary_of
 from .common import (
     EXIT_CODES_HELP,
@@ -87,22 +88,35 @@ def explain_command(fmt: str, no_audit: bool, audit_db: str | None, audit_key: s
 @click.command("estimate", epilog=EXIT_CODES_HELP)
 @fact_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", help="output format")
-def estimate_command(fmt: str, **kwargs: Any) -> ExitCode:
+@click.option("--breakdown", "breakdown", multiple=True, type=click.Choice([*method_names(), "all"]),
+              help="also show this method's estimate term by term (weights, gradients, optimizer, activations "
+                   "per layer x layers, logits, quantization constants, sharding, MoE experts, overhead); "
+                   "repeatable, `all` for every method")
+def estimate_command(fmt: str, breakdown: tuple[str, ...], **kwargs: Any) -> ExitCode:
     """Memory per GPU, trainable parameters and cost for every method (no rules are applied).
 
     Training settings given as facts (--precision, --optimizer, --micro-batch-size, --train-seq-len,
     --gradient-checkpointing, --sharding, --lora-rank, --target-modules ...) are used exactly, so
     you can estimate the configuration you have in mind. Data is optional (cost needs it).
     """
-    from ..render import render_estimates_table
+    from ..render import render_breakdown, render_estimates_table
 
-    data = _engine(kwargs).estimate(build_facts(kwargs), origin=facts_origin(kwargs))
+    wanted = method_names() if "all" in breakdown else tuple(dict.fromkeys(breakdown))
+    data = _engine(kwargs).estimate(build_facts(kwargs), origin=facts_origin(kwargs), breakdown=wanted)
     if fmt == "table":
         a, gpu = data["architecture"], data["gpu"]
         click.echo(f"Model: {a['params'] / 1e9:.2f}B parameters ({a['source']}), {a['num_layers']} layers, hidden "
                    f"{a['hidden_size']}; GPU: {gpu['count']}x {gpu['name'] or 'custom'} "
                    f"{gpu['memory_gb']:g} GiB, {data['usable_gb']:.1f} GiB usable")
+        if a.get("num_experts"):
+            click.echo(f"MoE: {a['num_experts']} routed experts per MoE layer, {a['num_experts_per_tok']} per token; "
+                       f"{data['architecture_summary']['active_params'] / 1e9:.2f}B parameters active per token"
+                       if "architecture_summary" in data else
+                       f"MoE: {a['num_experts']} routed experts per MoE layer, {a['num_experts_per_tok']} per token")
         click.echo("\n".join(render_estimates_table(data["estimates"])))
+        for name, entry in (data.get("breakdown") or {}).items():
+            click.echo("")
+            click.echo("\n".join(render_breakdown(name, entry)))
     else:
         click.echo(dump(data, fmt))
     return ExitCode.OK

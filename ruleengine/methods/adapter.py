@@ -8,10 +8,10 @@ from ..trainable import count_adapter
 from .spec import CostTerms, MemoryTerms, MethodConfig, MethodSpec
 
 
-def adapter_layer(arch: Any, cfg: MethodConfig, setup: Any, c: Any, scale: float) -> tuple[float, frozenset[str]]:
+def adapter_layer(arch: Any, group: Any, cfg: MethodConfig, setup: Any, c: Any, dt: Any) -> tuple[float, frozenset[str]]:
     """Return what two bottleneck adapters keep per token and layer: their input and the bottleneck activations."""
     m = cfg.adapter_size or 0
-    return 2 * (arch.hidden_size + 2 * m) * c.get("activations", "adapter_per_element") * scale, frozenset()
+    return 2 * (arch.hidden_size + 2 * m) * c.get("activations", "adapter_per_element") * dt.scale, frozenset()
 
 
 SPEC = MethodSpec(

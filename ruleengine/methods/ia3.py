@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..trainable import count_ia3, resolve_targets
+from ..trainable import count_ia3
 from .spec import CostTerms, MemoryTerms, MethodConfig, MethodSpec
+from .terms import Dtypes, GroupLayout, targets_of
 
 
-def ia3_layer(arch: Any, cfg: MethodConfig, setup: Any, c: Any, scale: float) -> tuple[float, frozenset[str]]:
-    """Return the tensors IA3 keeps per token and layer: each one it scales (the input of feed-forward modules)."""
-    a = c.get("activations")
-    modules = arch.linear_modules()
+def ia3_layer(arch: Any, group: GroupLayout, cfg: MethodConfig, setup: Any, c: Any,
+              dt: Dtypes) -> tuple[float, frozenset[str]]:
+    """Return the tensors IA3 keeps per token in one layer: each tensor it scales, for the vector's gradient.
+
+    peft multiplies the layer's output (activation dtype) by the vector, or, for feed-forward modules,
+    the layer's input after casting it to the vector's dtype (fp32 by default), keeping that copy.
+    """
     ff = set(arch.feedforward_modules())
-    extra = sum((modules[t][0] if t in ff else modules[t][1]) for t in resolve_targets(arch, cfg.method, cfg.target_modules))
-    return extra * a["ia3_per_element"] * scale, frozenset()
+    extra = 0.0
+    for t in targets_of(arch, cfg):
+        if t not in group.active:
+            continue
+        m = group.by_name[t]
+        extra += group.active[t] * (m.d_in * dt.adapter if t in ff else m.d_out * dt.act)
+    return extra, frozenset()
 
 
 SPEC = MethodSpec(

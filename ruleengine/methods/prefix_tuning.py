@@ -14,10 +14,13 @@ def prefix_tokens(cfg: MethodConfig, seq_len: int) -> tuple[int, int]:
     return seq_len, seq_len + (cfg.num_virtual_tokens or 0)
 
 
-def prefix_keys_values(arch: Any, cfg: MethodConfig, micro_batch: int, c: Any, scale: float) -> float:
-    """Return the learned keys and values of every layer, per sequence of the micro-batch (bytes)."""
+def prefix_keys_values(arch: Any, cfg: MethodConfig, micro_batch: int, c: Any, dt: Any) -> float:
+    """Return the learned keys and values of every layer, per sequence of the micro-batch (bytes).
+
+    peft expands the prefix (adapter dtype) per sequence and casts it to the activations' dtype.
+    """
     a = c.get("activations")
-    return micro_batch * (cfg.num_virtual_tokens or 0) * arch.num_layers * arch.kv_dim * a["attention_kv"] * scale
+    return micro_batch * (cfg.num_virtual_tokens or 0) * arch.num_layers * arch.kv_dim * a["attention_kv"] * dt.scale
 
 
 def prefix_recompute(c: Any) -> tuple[bool, str]:

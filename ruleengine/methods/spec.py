@@ -46,7 +46,7 @@ class MethodConfig:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
 
-#: (arch, cfg, setup, constants, scale) -> (bytes per token per layer, input groups kept for backward)
+#: (arch, group layout, cfg, setup, constants, dtypes) -> (bytes per token in one layer, input groups kept)
 LayerTerm = Callable[..., tuple[float, frozenset[str]]]
 
 
@@ -55,29 +55,33 @@ class MemoryTerms:
     """A method's own terms of the per-GPU memory model (ruleengine/memory.py adds the shared ones).
 
     ``base``: how the frozen or trained base weights are stored, ``"dense"`` (the training
-    precision) or ``"nf4"`` (4-bit NF4 on the decoder's linear layers, the rest unquantized).
+    precision) or ``"nf4"`` (4-bit NF4 on the decoder's ``nn.Linear`` layers, the rest unquantized).
     ``trains_base``: the base weights train (gradients, master weights and states per parameter,
     every linear input and norm output kept for backward); otherwise the trainable parameters are
-    adapter parameters stored in fp32 (``memory.adapter``).
-    ``layer``: the extra activation bytes per token and layer the method keeps, and which linear-layer
-    input groups (``attn_in``, ``o_in``, ``mlp_in``, ``down_in``) it needs for its own gradients.
+    adapter parameters (``memory.adapter`` dtypes).
+    ``layer``: per layer group (``methods.terms.GroupLayout``), the extra activation bytes per token
+    the method keeps in one layer, and which linear-layer input groups it needs for its own gradients.
+    ``layer_fixed``: bytes one layer keeps for backward that do not scale with the tokens (merged
+    expert weights of LoRA on routed experts).
     ``tokens``: ``(queries, keys)`` per sequence of ``seq_len`` tokens (soft prompts lengthen one or both).
     ``sequence_extra``: bytes per sequence that do not scale with tokens (prefix keys/values).
     ``workspace``: transient bytes of the largest working buffer (dequantization, weight norms).
     ``optimizer_extra``: extra fp32 copies per trainable parameter kept by the method's own state.
     ``recompute``: whether gradient checkpointing can be used (a note explains when it cannot).
-    ``checkpoint_floor``: the minimum bytes per checkpointed hidden element (fp32 residual streams).
+    ``residual_bytes``: bytes per element of the residual stream when the method changes it (a k-bit
+    base prepared by peft keeps it fp32): the checkpointed layer inputs and the MLP internals.
     """
 
     base: str = "dense"
     trains_base: bool = False
     layer: LayerTerm | None = None
+    layer_fixed: Callable[..., float] | None = None
     tokens: Callable[[MethodConfig, int], tuple[int, int]] | None = None
     sequence_extra: Callable[..., float] | None = None
     workspace: Callable[..., float] | None = None
     optimizer_extra: Callable[..., float] | None = None
     recompute: Callable[..., tuple[bool, str]] | None = None
-    checkpoint_floor: Callable[..., float] | None = None
+    residual_bytes: Callable[..., float] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ..paths import load_schema
 from ..schema_check import validate
 from ..vocabulary import LLAMA_MODULES, METHODS, RANKED_METHODS, TARGET_PRESETS, FactType, vocabulary
 from ..yamlsafe import LocatedDoc, load_yaml_text
+from . import upgrade
 from .model import Policy, Rule, gpu_names
 from .quantities import check_threshold_units, literal, parse_catalog, resolve_thresholds
 from .shape import hide_deep, prune, structure_errors
@@ -157,7 +158,8 @@ def stage_load(ctx: CompileContext) -> None:
 # --- stage 2: schema ----------------------------------------------------------------------
 
 def stage_schema(ctx: CompileContext) -> None:
-    """Check the structure (nesting, finite numbers within +-2**53), then validate the merged document against
+    """Check the structure (nesting, finite numbers within +-2**53), report memory keys of earlier policies
+    (``upgrade.py``: each a warning), then validate the merged document against
     schemas/policy.schema.json (+ memory/cost schemas); prune the parts with errors for the later stages."""
     deep, numbers = structure_errors(ctx)
     hidden = hide_deep(ctx, deep) if deep else set()
@@ -167,6 +169,8 @@ def stage_schema(ctx: CompileContext) -> None:
         paths.append(tuple(path))
         return ctx.loc(path, key)
 
+    upgrade.warnings(ctx.data, lambda code, message, path, help: ctx.error(code, message, path, help,
+                                                                          severity="warning"))
     found = validate(ctx.data, load_schema("policy.schema.json"), locate, "schema")
     for section, schema_name in (("memory", "memory.schema.json"), ("cost", "cost.schema.json")):
         if section in ctx.data:

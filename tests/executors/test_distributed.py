@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -31,6 +32,13 @@ def stage(verdict, tiny_model, examples, tmp_path, sharding):
     return out
 
 
+def free_port() -> str:
+    """Return a loopback port nobody listens on now (a fixed port collides with a concurrent test run)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def launch(out, *args):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
@@ -41,7 +49,7 @@ def launch(out, *args):
 
 def test_fsdp_on_two_cpu_processes_shards_parameters_and_checkpoints(verdict, tiny_model, examples, tmp_path):
     out = stage(verdict, tiny_model, examples, tmp_path, "fsdp")
-    manifest = launch(out, "--main-process-port", "29531")
+    manifest = launch(out, "--main-process-port", free_port())
     dist = manifest["distributed"]
     assert dist["world_size"] == 2 and dist["fsdp"] is True and dist["distributed_type"] == "FSDP"
     ranks = sorted(dist["ranks"], key=lambda r: r["rank"])
@@ -64,7 +72,7 @@ def test_fsdp_on_two_cpu_processes_shards_parameters_and_checkpoints(verdict, ti
 
 def test_torchrun_launch_trains_ddp_on_two_cpu_processes(verdict, tiny_model, examples, tmp_path):
     out = stage(verdict, tiny_model, examples, tmp_path, "none")
-    manifest = launch(out, "--launcher", "torchrun", "--main-process-port", "29532")
+    manifest = launch(out, "--launcher", "torchrun", "--main-process-port", free_port())
     dist = manifest["distributed"]
     assert dist["world_size"] == 2 and dist["fsdp"] is False and dist["distributed_type"] == "MULTI_CPU"
     assert all(r["params_local"] == r["params_total"] and r["dtensor_params"] == 0 for r in dist["ranks"])

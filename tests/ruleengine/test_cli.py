@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from ruleengine.cli import main
@@ -44,7 +45,6 @@ def test_decide_json_matches_the_decision_schema():
 
 
 def test_decide_yaml_output():
-    import yaml
 
     r = run(*BASE, "--no-audit", "--format", "yaml")
     assert yaml.safe_load(r.output)["verdict"]["rank"] == 16

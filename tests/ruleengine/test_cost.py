@@ -40,6 +40,14 @@ def test_frozen_base_skips_weight_gradients():
     assert cost.flops == pytest.approx(4 * a.params * 1e6 + 6 * trainable_params(a, "lora", rank=16) * 1e6)
 
 
+def test_moe_flops_count_the_active_experts():
+    a = arch("mixtral-8x7b")
+    cost = estimate_cost(a, MethodConfig("full_ft"), TrainingSetup(gradient_checkpointing=False), tokens_total=1e6,
+                         epochs=1, constants=C, **A100)
+    assert cost.flops == pytest.approx(6 * a.active_params * 1e6)
+    assert 12e9 < a.active_params < 14e9 < a.params  # top-2 of 8 experts: about 12.9B of 46.7B
+
+
 def test_slowdowns_and_multi_gpu():
     a, s = arch("llama-2-13b"), TrainingSetup()
     lora = estimate_cost(a, MethodConfig("lora", rank=16), s, tokens_total=1e7, epochs=1, constants=C, **A100)

@@ -163,8 +163,9 @@ def test_more_gpu_memory_or_more_gpus_never_removes_a_fitting_method(name, data,
 def test_a_larger_model_never_lowers_an_estimate(name, data, factor, micro_batch):
     """At fixed training settings, every method's per-GPU estimate grows (or stays) with the parameter count.
 
-    The settings are pinned (micro-batch, sharding) because ``auto`` picks the largest micro-batch
-    and the least sharding that fit, so the *chosen* configuration of a larger model may be smaller.
+    The settings are pinned (micro-batch, sharding, checkpointing, optimizer) because ``auto`` picks
+    the largest micro-batch and the least sharding that fit, and the settings ladder changes the
+    others when nothing fits, so the *chosen* configuration of a larger model may be smaller.
     """
     policy = POLICIES[name]
     given_facts = data.draw(facts_for(policy))
@@ -172,6 +173,8 @@ def test_a_larger_model_never_lowers_an_estimate(name, data, factor, micro_batch
     training["micro_batch_size"] = micro_batch
     if training.get("sharding", "auto") == "auto":
         training["sharding"] = "none"
+    training.setdefault("gradient_checkpointing", True)
+    training.setdefault("optimizer", "adamw")
     small = _derived(policy, given_facts)
     larger = copy.deepcopy(given_facts)
     larger["model"]["params"] = small.arch.params * factor

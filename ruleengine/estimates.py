@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
 from typing import Any
 
 from .cost import CostConstants, estimate_cost
@@ -12,15 +11,14 @@ from .memory import breakdown
 
 
 def architecture_dict(arch: Any) -> dict:
-    """Return the architecture as a plain dict (a new dict each time; the conversion is cached)."""
+    """Return the architecture as a plain dict (a new dict each time; the conversion is cached per instance)."""
     if dataclasses.is_dataclass(arch) and not isinstance(arch, type):
-        return dict(_as_dict(arch))  # type: ignore[arg-type]
+        memo = arch.memo("as_dict") if hasattr(arch, "memo") else {}
+        found = memo.get(None)
+        if found is None:
+            found = memo[None] = dataclasses.asdict(arch)
+        return dict(found)
     return dict(arch)
-
-
-@lru_cache(maxsize=1024)
-def _as_dict(arch: Any) -> dict:  # Architecture is a frozen (hashable) dataclass
-    return dataclasses.asdict(arch)
 
 
 def candidate_cost(cost_constants: CostConstants, derived: Derived, cand: Candidate, facts: dict) -> dict | None:
@@ -45,19 +43,21 @@ def candidate_cost(cost_constants: CostConstants, derived: Derived, cand: Candid
 
 
 def method_estimates(cost_constants: CostConstants, derived: Derived, facts: dict) -> dict[str, dict]:
-    """Return, per method at its default configuration: the memory breakdown, fit, and cost when it fits."""
+    """Return, per method at its default configuration: the memory breakdown, fit, and cost when it fits.
+
+    Each entry is a new dict; its ``memory`` breakdown is shared with other decisions at the same
+    memory point and must not be changed (decisions are read-only records).
+    """
     out: dict[str, dict] = {}
     for method, cand in derived.defaults.items():
         fixed = cand.cache.get("table_entry")
         if fixed is None:
             fixed = {"label": cand.label(), "fits": cand.fits, "usable_gb": round(cand.usable_gb, 3),
                      "headroom_gb": round(cand.headroom_gb, 3), "sharding": cand.training["sharding"],
-                     "micro_batch_size": cand.training["micro_batch_size"], "inapplicable": cand.inapplicable or None}
+                     "micro_batch_size": cand.training["micro_batch_size"], "inapplicable": cand.inapplicable or None,
+                     "memory": cand.estimate.to_dict()}
             cand.cache["table_entry"] = fixed
-        memory = cand.cache.get("memory")
-        if memory is None:
-            memory = cand.cache["memory"] = cand.estimate.to_dict()
-        entry = {**fixed, "memory": {**memory, "notes": list(memory["notes"])}}
+        entry = fixed.copy()  # the memory breakdown is shared by every decision at this memory point: read-only
         entry["cost"] = candidate_cost(cost_constants, derived, cand, facts) if cand.fits else None
         out[method] = entry
     return out

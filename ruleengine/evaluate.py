@@ -112,6 +112,7 @@ class Evaluator:
         self.select = [_compiled(r) for r in policy.select_rules]
         self.advise = [_compiled(r) for r in policy.advise_rules]
         self.select_fields = _referenced(policy.select_rules)
+        self._fit_fields = [(r.id, fit_field(r.order)) for r in policy.select_rules]
         self.advise_fields = _referenced(policy.advise_rules)
         self.cache = DeriveCache(policy)
         self._select_rules = {r.id: r for r in policy.select_rules}
@@ -165,8 +166,8 @@ class Evaluator:
             chosen = self.choose(facts, origin, derived)[0]
         if use_engine and self.select:
             message = self._message(self.select_fields, flat)
-            for rule in self.select:
-                message[fit_field(rule.order)] = candidates[rule.id].fits
+            for rule_id, field_name in self._fit_fields:
+                message[field_name] = candidates[rule_id].fits
             try:
                 engine_choice = self.program.first_hit(message)
             except (DurableHostError, MessageValueError) as exc:

@@ -136,6 +136,11 @@ def short_names(paths: list[tuple[str, str]]) -> dict[str, str]:
     path equals it or ends with ``.s``. Expert parameters keep at least two components
     (``experts.down_proj``) so that they never read as a module name.
     """
+    return dict(_short_names(tuple(paths)))
+
+
+@functools.lru_cache(maxsize=256)  # a few layouts per family: every model size of a family has the same paths
+def _short_names(paths: tuple[tuple[str, str], ...]) -> dict[str, str]:
     distinct = sorted({p for p, _ in paths})
     kinds = dict(paths)
     out: dict[str, str] = {}
@@ -154,8 +159,10 @@ def short_names(paths: list[tuple[str, str]]) -> dict[str, str]:
 
 def name_groups(groups: list[LayerGroup]) -> tuple[LayerGroup, ...]:
     """Return ``groups`` with every Linear's ``name`` set by :func:`short_names` over all groups."""
-    names = short_names([(m.path, m.kind) for g in groups for m in g.linears])
-    return tuple(replace(g, linears=tuple(replace(m, name=names[m.path]) for m in g.linears)) for g in groups)
+    names = _short_names(tuple((m.path, m.kind) for g in groups for m in g.linears))
+    return tuple(LayerGroup(g.kind, g.layers, tuple(Linear(m.path, m.d_in, m.d_out, m.role, m.bias, m.kind, m.copies,
+                                                           names[m.path]) for m in g.linears), g.other_params)
+                 for g in groups)
 
 
 def norm_params(kind: str, width: int) -> int:

@@ -298,8 +298,9 @@ def _architecture(model: dict, origin: str) -> tuple[Architecture, list[str], tu
         raise FactsError([Diagnostic("facts-exact-needs-config", "model.exact counts the architecture of a config, "
                                      "but model.config is missing", Location("<facts>"),
                                      "give model.config (flag --model-config) with --exact", path="model.exact")])
-    if model.get("config") or model.get("config_content"):
-        content = model.get("config_content") or read_model_config(model, origin)
+    if model.get("config") is not None or model.get("config_content") is not None:
+        content = model["config_content"] if model.get("config_content") is not None else \
+            read_model_config(model, origin)
         canonical = json.dumps(content, sort_keys=True)
         try:
             arch = _arch_from_config(canonical, str(model.get("config", "<config>")), exact)

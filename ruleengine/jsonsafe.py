@@ -155,11 +155,12 @@ def loads(text: str | bytes, file: str, code_prefix: str = "json") -> Any:
         except UnicodeDecodeError as exc:
             raise DiagnosticError([Diagnostic(f"{code_prefix}-not-utf8", f"not UTF-8 text (byte {exc.start})",
                                               Location(file), "send UTF-8 encoded JSON")]) from None
+    too_deep = DiagnosticError([Diagnostic(f"{code_prefix}-too-deep", "the JSON is nested too deeply",
+                                           Location(file, 1, 1), "facts are a few levels deep")])
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise DiagnosticError([Diagnostic(f"{code_prefix}-too-deep", "the JSON is nested too deeply",
-                                          Location(file, 1, 1), "facts are a few levels deep")]) from None
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:  # how deep the parser goes first depends on the Python version: see MAX_PARSE_DEPTH
+        raise too_deep from None
     except json.JSONDecodeError as exc:
         raise DiagnosticError([Diagnostic(f"{code_prefix}-syntax", exc.msg, Location(file, exc.lineno, exc.colno),
                                           "fix the JSON at this position")]) from None
@@ -167,6 +168,27 @@ def loads(text: str | bytes, file: str, code_prefix: str = "json") -> Any:
         line, col = _position_of_refusal(text, str(exc))
         raise DiagnosticError([Diagnostic(f"{code_prefix}-not-finite", str(exc), Location(file, line, col),
                                           "NaN and infinity are not JSON; give a finite number")]) from None
+    if text.count("[") + text.count("{") > MAX_PARSE_DEPTH and _depth(value) > MAX_PARSE_DEPTH:
+        raise too_deep
+    return value
+
+
+#: JSON nested deeper than this is refused as ``<prefix>-too-deep`` whichever Python parsed it (3.11's parser
+#: stops near 1,000 levels with RecursionError, 3.13's goes much deeper); facts need a few levels
+MAX_PARSE_DEPTH = 100
+
+
+def _depth(value: Any) -> int:
+    """Return the nesting depth of a parsed JSON value (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _position_of_refusal(text: str, message: str) -> tuple[int, int]:

@@ -35,7 +35,7 @@ def normalized_facts(evaluator: Evaluator, given: dict | FactsInput, *, origin: 
 
     facts = normalize_facts(given, evaluator.policy, require=require)
     model = facts["model"]
-    if model.get("config"):
+    if model.get("config") is not None:
         if model_config is not None:
             content = model_config
         elif isinstance(model["config"], dict):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from ruleengine import api
 from ruleengine.cli import main
@@ -38,6 +38,8 @@ ENGINE = api.open_policy(None)
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(H.hostile_facts())
+@example({"model": {"config": {}}, "hardware": {"gpu": "a100-80gb", "gpu_count": 1}, "data": {"examples": "50k"},
+          "task": {"use_case": "domain_qa"}})  # an empty inline config once fell through to model.params (KeyError)
 def test_the_api_decides_or_refuses_with_diagnostics(facts):
     try:
         decision = ENGINE.decide(facts)

@@ -16,6 +16,8 @@ use cases, feasible and infeasible), cycled with fresh ids; a synthetic decision
     - ``append`` N threads: the same from ``--threads`` threads (group commit);
     - service: what ``decide serve`` does per request (ruleengine/service/core.py ``Service.record``):
       ``prepare_record`` (the canonical text it also answers with) then ``append_prepared`` from N threads;
+      and the same timed without ``prepare_record``: what recording adds to a service that answers with
+      the canonical text anyway;
     - batch: what ``decide batch`` does (ruleengine/cli/decide.py): records prepared with the decision
       (``api.prepare_record``) and appended in groups (``api.record_many``, one commit and one signature per
       group). ``--workers 1`` prepares in the appending process; with more workers they prepare and the
@@ -160,6 +162,12 @@ def _way_service(writer: AuditWriter, chunk: list[dict], policy: PolicySnapshot)
         writer.append_prepared([prepared])
 
 
+def _way_service_own(writer: AuditWriter, chunk: list, policy: PolicySnapshot) -> None:
+    for prepared in chunk:  # Service.record with the canonical text already made (the service answers with it)
+        writer.ensure_snapshot(policy)
+        writer.append_prepared([prepared])
+
+
 def _way_batch(writer: AuditWriter, chunk: list, policy: PolicySnapshot) -> None:
     engine = _Engine(policy)
     group: list = []
@@ -178,7 +186,9 @@ def _way_batch_parent(writer: AuditWriter, chunk: list, policy: PolicySnapshot) 
         api.record_many(chunk[i:i + BATCH_GROUP], engine, writer=writer)
 
 
-WAYS = {"append": _way_append, "service": _way_service, "batch": _way_batch, "batch-parent": _way_batch_parent}
+WAYS = {"append": _way_append, "service": _way_service, "service-own": _way_service_own, "batch": _way_batch,
+        "batch-parent": _way_batch_parent}
+PREPARED_BEFORE = ("service-own", "batch-parent")  # ways timed on records prepared before the clock starts
 
 
 def bench_way(location: str, items: list[dict], policy: PolicySnapshot, key: SigningKey, synchronous: str,
@@ -188,7 +198,7 @@ def bench_way(location: str, items: list[dict], policy: PolicySnapshot, key: Sig
     writer = AuditWriter(location, key=key, create=True, synchronous=synchronous)
     writer.append(items[0], policy)  # store the snapshot, make the dictionary: not part of the steady state
     rest: list = items[1:]
-    if way == "batch-parent":
+    if way in PREPARED_BEFORE:
         rest = [prepare_record(d, policy.sha256) for d in rest]
     chunks = [rest[i::threads] for i in range(threads)]
     run = WAYS[way]
@@ -225,6 +235,7 @@ def append_report(label: str, location_for: Callable[[str], str], decisions: lis
     runs = [("append, 1 thread (a commit per record)", "append", 1),
             (f"append, {threads} threads (group commit)", "append", threads),
             (f"service: prepare + append_prepared, {threads} threads", "service", threads),
+            ("  the same, the text already made (the service's answer)", "service-own", threads),
             (f"batch --workers 1: prepare + groups of {BATCH_GROUP}", "batch", 1),
             (f"batch --workers >1: the appending process, groups of {BATCH_GROUP}", "batch-parent", 1)]
     print(f"append {label}:")

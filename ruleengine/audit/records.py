@@ -261,6 +261,19 @@ def _plain_keys(value: Any) -> bool:
     return True
 
 
+@lru_cache(maxsize=64)
+def _head_text(caller: Any) -> str:
+    """The body text before the decision: ``{"caller":...,"decision":`` (the same caller for every record of
+    a process, so made once)."""
+    return canonical_json({"caller": caller})[:-1] + ',"decision":'
+
+
+@lru_cache(maxsize=64)
+def _tail_text(versions: tuple) -> str:
+    """The body text after ``"seq":N``: ``,"versions":{...}}`` (made once per set of versions)."""
+    return "," + canonical_json({"versions": dict(versions)})[1:]
+
+
 class PreparedRecord:
     """A record ready to be chained: the envelope, the canonical JSON of its decision, its index columns.
 
@@ -278,9 +291,11 @@ class PreparedRecord:
         self._envelope = envelope
         self.decision_text = decision_text
         small = {k: v for k, v in envelope.items() if k not in ("decision", "caller", "versions")}
-        self._head = canonical_json({"caller": envelope["caller"]})[:-1] + ',"decision":'
+        self._head = _head_text(envelope["caller"])
         self._middle = "," + canonical_json(small)[1:-1] + ',"seq":'
-        self._tail = "," + canonical_json({"versions": envelope["versions"]})[1:]
+        versions = envelope["versions"]
+        self._tail = _tail_text(tuple(versions.items())) if type(versions) is dict else \
+            "," + canonical_json({"versions": versions})[1:]
         self.columns = index_columns(envelope)
         self.id = str(envelope["id"])  # the record id (the decision's ULID)
         self.policy_sha256 = str(envelope["policy"]["sha256"])  # the sha256 of the record's policy snapshot
@@ -336,6 +351,12 @@ def _restore_prepared(light: dict, decision_text: str, columns: dict, head: str,
 _NON_STR_KEY = re.compile(r'"(?:[-0-9][^"]*|true|false|null)":')
 
 
+# canonical_json's settings without the cycle check (a cycle ends in RecursionError, then canonical_json, which
+# checks, says so): ~6 % faster on a decision
+_FAST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                                 check_circular=False)
+
+
 def canonical_decision(decision: dict) -> tuple[dict, str]:
     """Return ``(decision, its canonical JSON text)``; the decision is a JSON copy when it had non-str keys.
 
@@ -345,11 +366,15 @@ def canonical_decision(decision: dict) -> tuple[dict, str]:
     reads back from JSON. Raises InvalidRecord when it is not JSON-safe.
     """
     try:
-        text = json.dumps(decision, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):  # mixed key types cannot be sorted; or not JSON-safe: decided below
+        text = _FAST_ENCODER.encode(decision)
+    except (TypeError, ValueError, RecursionError):  # mixed key types, not JSON-safe, a cycle: decided below
         text = None
     if text is None or _NON_STR_KEY.search(text) is not None:
-        if not _plain_keys(decision):  # non-str keys would sort differently once they are strings: copy first
+        try:
+            plain = _plain_keys(decision)
+        except RecursionError:
+            raise InvalidRecord("the decision is not JSON-safe: it contains itself or nests too deep") from None
+        if not plain:  # non-str keys would sort differently once they are strings: copy first
             decision = json_safe_copy(decision)
         text = canonical_json(decision)
     return decision, text

@@ -7,10 +7,11 @@ import json
 import pickle
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ruleengine.audit import canonical_json
+from ruleengine.audit import InvalidRecord, canonical_json
 from ruleengine.audit.codec import CODEC_ZLIB_DICT, decode, encode
 from ruleengine.audit.records import canonical_decision, prepare_record
 
@@ -47,6 +48,13 @@ def test_str_keys_that_look_like_numbers_need_no_copy():
     copy, text = canonical_decision(decision)
     assert copy is decision  # a false alarm costs a walk, not a copy
     assert text == '{"gpus":{"10":1,"2":2,"7b":3,"null":4}}'
+
+
+def test_a_decision_that_contains_itself_is_an_invalid_record():
+    loop: dict = {"decision_id": "x"}
+    loop["self"] = loop
+    with pytest.raises(InvalidRecord, match="contains itself"):
+        canonical_decision(loop)
 
 
 def test_the_primed_compressor_gives_the_stream_of_a_fresh_one(make_decision, snap_sha):

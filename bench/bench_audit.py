@@ -1,19 +1,34 @@
-"""Audit store: bytes per record, append rate with the store kept open, verify time; against baselines run in
-the same process.
+"""Audit store: bytes per record, where an append's time goes, append rates the way the service and `decide batch`
+append, verify time; against baselines run in the same process.
 
     .venv/bin/python bench/bench_audit.py [--n 2000] [--threads 8] [--synchronous FULL NORMAL] [--dir DIR]
-                                          [--postgres URL]
+                                          [--postgres [URL]] [--skip-verify]
 
 Decisions: a realistic mix, one real decision per case of the bundled policy's tests (different models, GPUs,
 use cases, feasible and infeasible), cycled with fresh ids; a synthetic decision when the engine cannot run.
 
 * size: the record as the old store kept it (canonical JSON text) vs what the store keeps now (compressed
   body) and the whole SQLite file divided by the number of records (indexes, hashes, signatures included).
-* append: ``AuditWriter.append`` (serialise, schema check, compress, hash, sign the head, commit) from one thread
-  and from ``--threads`` threads (group commit), against a plain ``INSERT`` of ``json.dumps(decision)``, one
-  transaction per record, same pragmas.
+* steps: CPU time per record of each step of an append, measured one step at a time in one thread.
+* append, store kept open, each way timed on fresh records into a fresh store (rec/s of wall time, and the
+  process's CPU time per record: the machine is shared, CPU time is the steadier figure):
+    - ``append`` 1 thread: ``AuditWriter.append(decision, policy)`` in a loop, one commit per record;
+    - ``append`` N threads: the same from ``--threads`` threads (group commit);
+    - service: what ``decide serve`` does per request (ruleengine/service/core.py ``Service.record``):
+      ``prepare_record`` (the canonical text it also answers with) then ``append_prepared`` from N threads;
+      and the same timed without ``prepare_record``: what recording adds to a service that answers with
+      the canonical text anyway;
+    - batch: what ``decide batch`` does (ruleengine/cli/decide.py): records prepared with the decision
+      (``api.prepare_record``) and appended in groups (``api.record_many``, one commit and one signature per
+      group). ``--workers 1`` prepares in the appending process; with more workers they prepare and the
+      appending process only appends, so its rate is timed without the preparation;
+    - plain INSERT: ``json.dumps(decision)`` into a table, one transaction per record, same pragmas (baseline).
 * verify: ``store.verify(public_keys=...)`` per record, scaled to 100k, against the old per-record work
   (parse, re-serialise, hash, jsonschema) done here on the same records.
+* ``--postgres``: the append ways against PostgreSQL: a server started for the run in a temporary directory
+  (initdb/pg_ctl, as bench_service.py and the tests do; fsync on), or the database at URL.
+
+Goal (issue 9): >= 2,000 appends/s per process with the store kept open (group commit is fine).
 """
 
 from __future__ import annotations
@@ -26,14 +41,35 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ruleengine import api  # noqa: E402
 from ruleengine.audit import AuditWriter, PolicySnapshot, SqliteAuditStore, build_record, canonical_json  # noqa: E402
-from ruleengine.audit.records import _validator  # noqa: E402
-from ruleengine.audit.signing import SigningKey  # noqa: E402
+from ruleengine.audit.codec import encode  # noqa: E402
+from ruleengine.audit.records import (  # noqa: E402
+    GENESIS_HASH,
+    _validator,
+    canonical_decision,
+    hash_body_bytes,
+    prepare_record,
+    utc_now_iso,
+)
+from ruleengine.audit.signing import SigningKey, head_statement  # noqa: E402
 from ruleengine.decision import new_decision_id  # noqa: E402
+
+BATCH_GROUP = 64  # what ruleengine/cli/decide.py uses (AUDIT_GROUP)
+
+
+class _Engine:
+    """What ``api.prepare_record`` / ``api.record_many`` need of an engine: its policy and sha256."""
+
+    def __init__(self, policy: PolicySnapshot):
+        self.policy = policy
+        self.sha256 = policy.sha256
 
 
 def sample_decisions() -> tuple[list[dict], PolicySnapshot]:
@@ -79,43 +115,136 @@ def fresh(decisions: list[dict], n: int) -> list[dict]:
     return [dict(decisions[i % len(decisions)], decision_id=new_decision_id()) for i in range(n)]
 
 
-def bench_writer(path: str, items: list[dict], policy: PolicySnapshot, key: SigningKey, synchronous: str,
-                 threads: int) -> float:
-    """Return seconds to append ``items`` through one open AuditWriter from ``threads`` threads."""
-    writer = AuditWriter(path, key=key, create=True, synchronous=synchronous)
+# -- steps ---------------------------------------------------------------------------------------------------------
+
+def _cpu_us(fn: Callable[[object], object], data: list) -> float:
+    """Return the CPU time of this thread per item of ``fn`` over ``data``, in µs."""
+    t0 = time.thread_time()
+    for x in data:
+        fn(x)
+    return (time.thread_time() - t0) / len(data) * 1e6
+
+
+def steps(decisions: list[dict], policy: PolicySnapshot, key: SigningKey, folder: str, n: int) -> None:
+    """Print the CPU time per record of each step of an append, one step at a time in this thread."""
+    items = fresh(decisions, n)
+    serialise = _cpu_us(canonical_decision, items)
+    prepare = _cpu_us(lambda d: prepare_record(d, policy.sha256), items)
+    prepared = [prepare_record(d, policy.sha256) for d in items]
+    bodies = [p.body_bytes(7) for p in prepared]
+    compress = _cpu_us(lambda b: encode(b, bodies[0]), bodies)
+    hashing = _cpu_us(lambda b: hash_body_bytes(b, GENESIS_HASH), bodies)
+    sign = _cpu_us(lambda i: key.sign(head_statement(i, GENESIS_HASH, key.key_id, utc_now_iso())), list(range(n)))
+    with AuditWriter(os.path.join(folder, "steps.sqlite3"), key=key, create=True, synchronous="NORMAL") as writer:
+        writer.append(items[0], policy)
+        one = [[prepare_record(d, policy.sha256)] for d in fresh(decisions, n // 2)]
+        per_commit = _cpu_us(writer.append_prepared, one)
+        recs = [prepare_record(d, policy.sha256) for d in fresh(decisions, n)]
+        groups = [recs[i:i + BATCH_GROUP] for i in range(0, len(recs), BATCH_GROUP)]
+        grouped = _cpu_us(writer.append_prepared, groups) * len(groups) / len(recs)
+    print(f"steps (CPU µs per record, one thread): serialise + key scan {serialise:5.0f}   schema check + envelope "
+          f"{prepare - serialise:4.0f}   compress {compress:4.0f}   hash {hashing:3.0f}   sign (per commit) {sign:3.0f}")
+    print(f"      chain + compress + hash + insert + commit (synchronous=NORMAL): {per_commit:4.0f} one record per "
+          f"commit, {grouped:4.0f} in groups of {BATCH_GROUP}")
+
+
+# -- append ways ---------------------------------------------------------------------------------------------------
+
+def _way_append(writer: AuditWriter, chunk: list[dict], policy: PolicySnapshot) -> None:
+    for d in chunk:
+        writer.append(d, policy)
+
+
+def _way_service(writer: AuditWriter, chunk: list[dict], policy: PolicySnapshot) -> None:
+    for d in chunk:  # ruleengine/service/core.py Service.record
+        writer.ensure_snapshot(policy)
+        prepared = prepare_record(d, policy.sha256)
+        writer.append_prepared([prepared])
+
+
+def _way_service_own(writer: AuditWriter, chunk: list, policy: PolicySnapshot) -> None:
+    for prepared in chunk:  # Service.record with the canonical text already made (the service answers with it)
+        writer.ensure_snapshot(policy)
+        writer.append_prepared([prepared])
+
+
+def _way_batch(writer: AuditWriter, chunk: list, policy: PolicySnapshot) -> None:
+    engine = _Engine(policy)
+    group: list = []
+    for d in chunk:  # ruleengine/cli/decide.py batch_command, --workers 1: prepared here, appended in groups
+        group.append(api.prepare_record(d, engine))
+        if len(group) >= BATCH_GROUP:
+            api.record_many(group, engine, writer=writer)
+            group = []
+    if group:
+        api.record_many(group, engine, writer=writer)
+
+
+def _way_batch_parent(writer: AuditWriter, chunk: list, policy: PolicySnapshot) -> None:
+    engine = _Engine(policy)
+    for i in range(0, len(chunk), BATCH_GROUP):  # the records come prepared from the worker processes
+        api.record_many(chunk[i:i + BATCH_GROUP], engine, writer=writer)
+
+
+WAYS = {"append": _way_append, "service": _way_service, "service-own": _way_service_own, "batch": _way_batch,
+        "batch-parent": _way_batch_parent}
+PREPARED_BEFORE = ("service-own", "batch-parent")  # ways timed on records prepared before the clock starts
+
+
+def bench_way(location: str, items: list[dict], policy: PolicySnapshot, key: SigningKey, synchronous: str,
+              threads: int, way: str) -> tuple[float, float]:
+    """Append ``items`` through one open AuditWriter the way ``way`` does from ``threads`` threads; return
+    (records per second of wall time, CPU µs of this process per record)."""
+    writer = AuditWriter(location, key=key, create=True, synchronous=synchronous)
     writer.append(items[0], policy)  # store the snapshot, make the dictionary: not part of the steady state
-    rest = items[1:]
+    rest: list = items[1:]
+    if way in PREPARED_BEFORE:
+        rest = [prepare_record(d, policy.sha256) for d in rest]
     chunks = [rest[i::threads] for i in range(threads)]
-
-    def run(chunk: list[dict]) -> None:
-        for d in chunk:
-            writer.append(d, policy)
-
-    t0 = time.perf_counter()
-    workers = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    run = WAYS[way]
+    c0, t0 = time.process_time(), time.perf_counter()
+    workers = [threading.Thread(target=run, args=(writer, c, policy)) for c in chunks]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    elapsed = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     writer.close()
-    return elapsed * len(items) / max(1, len(rest))
+    return len(rest) / wall, cpu / len(rest) * 1e6
 
 
-def bench_plain(path: str, items: list[dict], synchronous: str) -> float:
-    """Return seconds to INSERT ``json.dumps(decision)`` rows, one transaction each, same pragmas."""
+def bench_plain(path: str, items: list[dict], synchronous: str) -> tuple[float, float]:
+    """Return (rec/s, CPU µs per record) of INSERTing ``json.dumps(decision)`` rows, one transaction each."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("CREATE TABLE plain (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, body TEXT NOT NULL)")
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for d in items:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("INSERT INTO plain(id, body) VALUES (?, ?)", (d["decision_id"], json.dumps(d)))
         conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     conn.close()
-    return elapsed
+    return len(items) / wall, cpu / len(items) * 1e6
+
+
+def append_report(label: str, location_for: Callable[[str], str], decisions: list[dict], policy: PolicySnapshot,
+                  key: SigningKey, synchronous: str, n: int, threads: int, plain: tuple[float, float] | None) -> None:
+    """Run every append way against fresh stores from ``location_for(name)`` and print one block."""
+    runs = [("append, 1 thread (a commit per record)", "append", 1),
+            (f"append, {threads} threads (group commit)", "append", threads),
+            (f"service: prepare + append_prepared, {threads} threads", "service", threads),
+            ("  the same, the text already made (the service's answer)", "service-own", threads),
+            (f"batch --workers 1: prepare + groups of {BATCH_GROUP}", "batch", 1),
+            (f"batch --workers >1: the appending process, groups of {BATCH_GROUP}", "batch-parent", 1)]
+    print(f"append {label}:")
+    for text, way, th in runs:
+        rate, cpu = bench_way(location_for(f"{way}-{th}"), fresh(decisions, n), policy, key, synchronous, th, way)
+        print(f"    {text:<58} {rate:6.0f} rec/s   CPU {cpu:5.0f} µs/record")
+    if plain is not None:
+        print(f"    {'plain INSERT of json.dumps, a transaction per record (baseline)':<58} {plain[0]:6.0f} rec/s   "
+              f"CPU {plain[1]:5.0f} µs/record")
 
 
 def old_verify_work(records: list[dict]) -> float:
@@ -134,22 +263,23 @@ def old_verify_work(records: list[dict]) -> float:
 
 
 def main() -> None:
-    """Run the benchmarks and print sizes, rates and ratios."""
+    """Run the benchmarks and print sizes, steps, rates and ratios."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000, help="records per run (default 2000)")
-    ap.add_argument("--threads", type=int, default=8, help="threads for the group-commit run (default 8)")
+    ap.add_argument("--threads", type=int, default=8, help="threads for the group-commit runs (default 8)")
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL", "OFF"], nargs="+", default=["FULL", "NORMAL"],
                     help="SQLite synchronous settings to run (default: FULL NORMAL)")
     ap.add_argument("--dir", default=None, help="directory for the database files (default: a temp dir)")
-    ap.add_argument("--postgres", metavar="URL", default=None,
-                    help="also append to this PostgreSQL database (empty, or an audit store)")
+    ap.add_argument("--postgres", metavar="URL", nargs="?", const="temp", default=None,
+                    help="also append to PostgreSQL: a server started for the run, or the (empty) database at URL")
+    ap.add_argument("--skip-verify", action="store_true", help="do not time verify")
     args = ap.parse_args()
     import logging
 
     logging.getLogger("ruleengine.audit").setLevel(logging.ERROR)  # every run creates stores: no warning each
     decisions, policy = sample_decisions()
     key = SigningKey.generate()
-    print(f"{len(decisions)} distinct decisions, n = {args.n}")
+    print(f"{len(decisions)} distinct decisions, n = {args.n}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         # -- size ----------------------------------------------------------------------------------------------
         items = fresh(decisions, args.n)
@@ -166,30 +296,54 @@ def main() -> None:
         per_record_file = os.path.getsize(size_db) / args.n
         print(f"size: record as canonical JSON {old:8.0f} B   stored body {bodies:7.0f} B   whole SQLite file per "
               f"record {per_record_file:7.0f} B   ({old / per_record_file:.1f}x smaller)")
+        steps(decisions, policy, key, tmp, min(args.n, 1000))
         # -- append --------------------------------------------------------------------------------------------
         for sync in args.synchronous:
-            one = bench_writer(os.path.join(tmp, f"w1-{sync}.sqlite3"), fresh(decisions, args.n), policy, key, sync, 1)
-            many = bench_writer(os.path.join(tmp, f"wn-{sync}.sqlite3"), fresh(decisions, args.n), policy, key, sync,
-                                args.threads)
             plain = bench_plain(os.path.join(tmp, f"plain-{sync}.sqlite3"), fresh(decisions, args.n), sync)
-            print(f"append synchronous={sync:<6} 1 thread: {args.n / one:6.0f} rec/s   {args.threads} threads (group "
-                  f"commit): {args.n / many:6.0f} rec/s   plain INSERT: {args.n / plain:6.0f} rec/s   ratio "
-                  f"writer(1 thread)/plain time: {one / plain:4.2f}x")
-        # -- verify --------------------------------------------------------------------------------------------
-        with SqliteAuditStore(size_db, read_only=True) as store:
-            t0 = time.perf_counter()
-            report = store.verify(public_keys=[key.public])
-            new = time.perf_counter() - t0
-            assert report.ok, report.problems[:3]
-            records = list(store.iter_all())
-        old_t = old_verify_work(records)
-        print(f"verify: {new / args.n * 1e5:6.1f} s per 100k records (measured on {args.n}, scaled)   old per-record "
-              f"work: {old_t / args.n * 1e5:6.1f} s per 100k   ratio new/old: {new / old_t:4.2f}x")
+            append_report(f"SQLite synchronous={sync}", lambda name, s=sync: os.path.join(tmp, f"{name}-{s}.sqlite3"),
+                          decisions, policy, key, sync, args.n, args.threads, plain)
         if args.postgres:
-            pg = bench_writer(args.postgres, fresh(decisions, args.n), policy, key, "FULL", args.threads)
-            pg1 = bench_writer(args.postgres, fresh(decisions, args.n), policy, key, "FULL", 1)
-            print(f"postgresql append: 1 thread {args.n / pg1:6.0f} rec/s   {args.threads} threads {args.n / pg:6.0f} "
-                  "rec/s")
+            _postgres(args, decisions, policy, key)
+        # -- verify --------------------------------------------------------------------------------------------
+        if not args.skip_verify:
+            with SqliteAuditStore(size_db, read_only=True) as store:
+                t0 = time.perf_counter()
+                report = store.verify(public_keys=[key.public])
+                new = time.perf_counter() - t0
+                assert report.ok, report.problems[:3]
+                records = list(store.iter_all())
+            old_t = old_verify_work(records)
+            print(f"verify: {new / args.n * 1e5:6.1f} s per 100k records (measured on {args.n}, scaled)   old "
+                  f"per-record work: {old_t / args.n * 1e5:6.1f} s per 100k   ratio new/old: {new / old_t:4.2f}x")
+
+
+def _postgres(args: argparse.Namespace, decisions: list[dict], policy: PolicySnapshot, key: SigningKey) -> None:
+    """Run the append ways against PostgreSQL (a temporary server, or the database at ``--postgres URL``)."""
+    import contextlib
+
+    import psycopg
+
+    if args.postgres == "temp":
+        from bench_service import postgres
+
+        server = postgres()
+    else:
+        server = contextlib.nullcontext(args.postgres)
+    with server as url:
+        admin = url.rsplit("/", 1)[0] + "/postgres"
+        made: list[str] = []
+
+        def location_for(name: str) -> str:
+            if args.postgres != "temp":  # a given database: one store, appended to by every way in turn
+                return url
+            db = "bench_" + name.replace("-", "_")
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {db}")
+            made.append(db)
+            return url.rsplit("/", 1)[0] + "/" + db
+
+        append_report("PostgreSQL (loopback, fsync on)" if args.postgres == "temp" else "PostgreSQL", location_for,
+                      decisions, policy, key, "FULL", args.n, args.threads, None)
 
 
 if __name__ == "__main__":

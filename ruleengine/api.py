@@ -33,7 +33,7 @@ from .facts import FactsInput
 from .policy import Policy, load_policy
 
 __all__ = ["AuditWriteError", "BatchItem", "PolicyEngine", "audit_writer", "decide", "engine_for", "load_policy",
-           "open_policy", "record"]
+           "open_policy", "prepare_record", "record", "record_many"]
 
 
 class AuditWriteError(DiagnosticError):
@@ -239,6 +239,40 @@ def audit_writer(audit_db: str | None = None, *, key_path: str | None = None) ->
             Location(audit_db or "$FINETUNE_POLICY_AUDIT_DB"),
             "fix the store location (--audit-db or FINETUNE_POLICY_AUDIT_DB), the key (--audit-key or "
             "FINETUNE_POLICY_AUDIT_KEY), or pass --no-audit")]) from None
+
+
+def prepare_record(decision: Decision | dict, engine: Any) -> Any:
+    """Return ``decision`` (made by ``engine``) ready for the audit store: serialised once, schema-checked
+    (``audit.records.PreparedRecord``; it pickles as its texts, so a worker process can prepare it for the
+    process that appends). Raises AuditWriteError (exit 7) when it cannot be recorded (not JSON-safe, no ULID).
+    """
+    from .audit.records import prepare_record as prepare
+
+    try:
+        return prepare(decision.to_dict() if isinstance(decision, Decision) else decision, engine.sha256)
+    except Exception as exc:  # noqa: BLE001 - any failure to record is the same answer for the caller
+        raise AuditWriteError([Diagnostic(
+            "audit-write-failed", f"the decision cannot be recorded in the audit store: {exc}",
+            Location(str((decision.decision_id if isinstance(decision, Decision) else
+                          decision.get("decision_id") if isinstance(decision, dict) else None) or "<decision>")),
+            "report it: a decision the engine made should always be recordable; or pass --no-audit")]) from None
+
+
+def record_many(prepared: list, engine: Any, *, writer: Any) -> list[str]:
+    """Append records from ``prepare_record`` (made by ``engine``) through the open ``writer`` in one
+    transaction: one commit and one signed head for all of them. Returns their record ids in order, once
+    committed. Raises AuditWriteError (exit 7); then none of them is recorded.
+    """
+    if not prepared:
+        return []
+    try:
+        writer.ensure_snapshot(engine.policy)
+        return [str(i) for i in writer.append_prepared(prepared)]
+    except Exception as exc:  # noqa: BLE001 - any failure of the store is the same answer for the caller
+        raise AuditWriteError([Diagnostic(
+            "audit-write-failed", f"the decisions could not be recorded in the audit store: {exc}",
+            Location(writer.location.display()),
+            "fix the store location (--audit-db or FINETUNE_POLICY_AUDIT_DB), or pass --no-audit")]) from None
 
 
 def record(decision: Decision | dict, engine: PolicyEngine, *, audit_db: str | None = None,

@@ -6,8 +6,9 @@ as the SQLite store; bodies are ``bytea``). The store is created only by a write
 in a database that has no tables of its own (a database made for the audit trail): a database holding another
 application's tables is refused, and so is a ``finetune_audit`` schema without the store marker.
 
-Appending takes the row lock on the head (``SELECT ... FROM meta WHERE key = 'head_seq' FOR UPDATE``) inside the
-transaction that inserts the records, moves the head and stores the signature, so appenders on any number of
+Appending takes the row locks on the head (``SELECT ... FROM meta WHERE key IN ('head_seq', ...) ... FOR UPDATE``,
+``head_seq`` first) inside the transaction that inserts the records, moves the head and stores the signature
+(the writes sent as one pipeline: four round trips per commit, however many records), so appenders on any number of
 connections, processes and hosts serialize on it: no two records get the same seq (the primary key would refuse
 it anyway) and none is lost. Readers open read-only (``default_transaction_read_only``) and verify inside one
 REPEATABLE READ transaction, so they need only SELECT privileges and see one consistent chain while writers go on.
@@ -299,10 +300,13 @@ class PostgresAuditStore:
         used: dict[str, Dictionary] = {}
 
         def insert(conn: Any) -> list[str]:
-            # one row lock, always the same row: writers queue on it and never lock in different orders
-            conn.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'head_seq' FOR UPDATE").fetchone()
+            # Lock the head, and read it, in one round trip. The head_seq row is locked first (writers queue on
+            # it, and a writer of an earlier version, which locks only that row, cannot deadlock with this one);
+            # every row read is locked, so each comes back in its newest committed version (a plain read in the
+            # same statement would use the snapshot taken before the lock wait: a stale head_hash, a fork).
             meta = dict(conn.execute(f"SELECT key, value FROM {SCHEMA}.meta WHERE key IN "
-                                     "('head_seq', 'head_hash', 'store_id')").fetchall())
+                                     "('head_seq', 'head_hash', 'store_id') ORDER BY key <> 'head_seq', key "
+                                     "FOR UPDATE").fetchall())
             if meta.get("store_id") != self._store_id:
                 raise StoreNotWritable(f"audit store {self.path} was replaced by another store while this writer had "
                                        "it open; refusing to write into it. Restart the writer")
@@ -317,22 +321,22 @@ class PostgresAuditStore:
             used.clear()
             rows = chain_batch(batch, int(meta["head_seq"]), meta["head_hash"],
                                lambda rec, body: self._dictionary_for(conn, rec, body, used))
-            with conn.cursor() as cur:
+            last = rows[-1]
+            sig = sign_head(key, last.seq, last.record_hash) if key is not None else None
+            with conn.pipeline(), conn.cursor() as cur:  # the writes need no answer: one round trip for all
                 cur.executemany(f"INSERT INTO {SCHEMA}.records ({_COLUMNS}) VALUES "
                                 f"({', '.join(['%s'] * (len(INDEX_COLUMNS) + 6))})",
                                 [(r.seq, *[r.columns[c] for c in INDEX_COLUMNS], r.body, r.codec, r.dict_id,
                                   r.prev_hash, r.record_hash) for r in rows])
-            last = rows[-1]
-            conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'head_seq'", (str(last.seq),))
-            conn.execute(f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'head_hash'", (last.record_hash,))
-            if key is not None:
-                if key.key_id not in self._keys_known:
-                    conn.execute(f"INSERT INTO {SCHEMA}.keys(key_id, public_key, added_at) VALUES (%s, %s, %s) "
-                                 "ON CONFLICT DO NOTHING", (key.key_id, key.public.hex, utc_now_iso()))
-                sig = sign_head(key, last.seq, last.record_hash)
-                conn.execute(f"INSERT INTO {SCHEMA}.signatures(seq, key_id, record_hash, signed_at, signature) "
-                             "VALUES (%s, %s, %s, %s, %s)", (sig.seq, sig.key_id, sig.record_hash, sig.signed_at,
-                                                             sig.signature))
+                cur.execute(f"UPDATE {SCHEMA}.meta SET value = CASE key WHEN 'head_seq' THEN %s ELSE %s END "
+                            "WHERE key IN ('head_seq', 'head_hash')", (str(last.seq), last.record_hash))
+                if key is not None and sig is not None:
+                    if key.key_id not in self._keys_known:
+                        cur.execute(f"INSERT INTO {SCHEMA}.keys(key_id, public_key, added_at) VALUES (%s, %s, %s) "
+                                    "ON CONFLICT DO NOTHING", (key.key_id, key.public.hex, utc_now_iso()))
+                    cur.execute(f"INSERT INTO {SCHEMA}.signatures(seq, key_id, record_hash, signed_at, signature) "
+                                "VALUES (%s, %s, %s, %s, %s)", (sig.seq, sig.key_id, sig.record_hash, sig.signed_at,
+                                                                sig.signature))
             return [str(r.columns["id"]) for r in rows]
 
         ids = self._write(insert)

@@ -462,8 +462,8 @@ class SqliteAuditStore:
                 f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * (len(INDEX_COLUMNS) + 6))})",
                 [_row_params(r) for r in rows])
             last = rows[-1]
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'head_seq'", (str(last.seq),))
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (last.record_hash,))
+            conn.execute("UPDATE meta SET value = CASE key WHEN 'head_seq' THEN ? ELSE ? END "
+                         "WHERE key IN ('head_seq', 'head_hash')", (str(last.seq), last.record_hash))
             if key is not None:
                 if key.key_id not in self._keys_known:
                     conn.execute("INSERT OR IGNORE INTO keys(key_id, public_key, added_at) VALUES (?, ?, ?)",

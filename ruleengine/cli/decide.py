@@ -153,7 +153,7 @@ def _route(item: Any) -> int:
 
 
 def _parallel(items: list[tuple[int, Any]], policy_path: str | None, detail: str, origin: str, keep: bool,
-              workers: int) -> Iterator[tuple[str, str, dict | None]]:
+              workers: int) -> Iterator[tuple[str, str, Any]]:
     """Yield every input's result in input order, deciding in ``workers`` processes.
 
     Equal inputs go to the same worker, so each worker's memo answers their repeats. Raises
@@ -172,7 +172,7 @@ def _parallel(items: list[tuple[int, Any]], policy_path: str | None, detail: str
              for bucket in buckets if bucket]
     for proc in procs:
         proc.start()
-    ready: dict[int, tuple[str, str, dict | None]] = {}
+    ready: dict[int, tuple[str, str, Any]] = {}
     next_pos, finished = 0, 0
     try:
         while finished < len(procs):
@@ -200,11 +200,12 @@ def _parallel(items: list[tuple[int, Any]], policy_path: str | None, detail: str
 
 
 def _decide_one(engine: Any, number: int, item: Any, detail: str, origin: str,
-                keep: bool) -> tuple[str, str, dict | None]:
-    """Return (JSON line, outcome, decision dict when ``keep``) for one batch input.
+                keep: bool) -> tuple[str, str, Any]:
+    """Return (JSON line, outcome, the decision prepared for the audit store when ``keep``) for one batch input.
 
     The outcome is ``decided``, ``infeasible`` or ``error`` (the input is not valid facts).
     """
+    from .. import api
     from ..diagnostics import DiagnosticError
 
     error: DiagnosticError
@@ -223,7 +224,9 @@ def _decide_one(engine: Any, number: int, item: Any, detail: str, origin: str,
             full = decision.to_dict() if detail == "full" or keep else None
             body = {"decision": full} if detail == "full" else summary_of(decision)
             line = json.dumps({"line": number, "ok": True, **body}, ensure_ascii=False, allow_nan=False)
-            return line, ("decided" if decision.feasible else "infeasible"), full
+            # prepared here, in the worker that decided: the appending process only chains and commits it
+            record = api.prepare_record(full, engine) if keep and full is not None else None
+            return line, ("decided" if decision.feasible else "infeasible"), record
     diags = error.diagnostics
     result = {"line": number, "ok": False, "exit_code": int(error.exit_code),
               "diagnostics": [d.to_dict() for d in diags[:50]]}
@@ -233,7 +236,7 @@ def _decide_one(engine: Any, number: int, item: Any, detail: str, origin: str,
 
 
 def _results(engine: Any, input_path: str, policy_path: str | None, detail: str, workers: int,
-             keep: bool) -> Iterator[tuple[str, str, dict | None]]:
+             keep: bool) -> Iterator[tuple[str, str, Any]]:
     """Yield the result of every batch input in input order, deciding in ``workers`` processes."""
     from ..batchio import read_batch
 
@@ -243,6 +246,9 @@ def _results(engine: Any, input_path: str, policy_path: str | None, detail: str,
             yield _decide_one(engine, number, item, detail, origin, keep)
         return
     yield from _parallel(list(read_batch(input_path)), policy_path, detail, origin, keep, workers)
+
+
+AUDIT_GROUP = 64  # decisions per audit transaction in `decide batch` (one commit, one signed head)
 
 
 def _for_throughput() -> None:
@@ -274,8 +280,9 @@ def batch_command(input_path: str, output_path: str, policy_path: str | None, de
 
     Writes one JSON line per input, in input order: `{"line": N, "ok": true, ...}` with the decision
     (summary or full), or `{"line": N, "ok": false, "diagnostics": [...]}` for an input that is not
-    valid facts; a bad input never stops the batch. A file given with -o is written completely or
-    not at all. A summary goes to stderr. Exit 0 when every input was decided (feasible or not),
+    valid facts; a bad input never stops the batch. Each decision is recorded in the audit store
+    before its line is written (64 decisions per transaction). A file given with -o is written
+    completely or not at all. A summary goes to stderr. Exit 0 when every input was decided (feasible or not),
     2 when any input was bad, 3 for an invalid policy, 7 when the audit store cannot be written.
     """
     from .. import api
@@ -287,13 +294,27 @@ def batch_command(input_path: str, output_path: str, policy_path: str | None, de
     writer = api.audit_writer(audit_db, key_path=audit_key) if keep else None  # one writer: group commits
     partial = output_path + ".partial" if output_path != "-" else None
     out: IO[str] = open(partial, "w", encoding="utf-8") if partial else sys.stdout  # noqa: SIM115
+    # a line is written once its decision is committed: records wait in ``group`` (one transaction, one
+    # signature per AUDIT_GROUP records), their lines and any later ones in ``held``
+    group: list = []
+    held: list[str] = []
     try:
-        for line, outcome, full in _results(engine, input_path, policy_path, detail,
-                                            workers if workers is not None else _default_workers(), keep):
+        for line, outcome, record in _results(engine, input_path, policy_path, detail,
+                                              workers if workers is not None else _default_workers(), keep):
             counts[outcome] += 1
-            if writer is not None and full is not None:
-                api.record(full, engine, writer=writer)
-            out.write(line + "\n")
+            if writer is not None and record is not None:
+                group.append(record)
+            if not group:
+                out.write(line + "\n")
+                continue
+            held.append(line)
+            if len(group) >= AUDIT_GROUP:
+                api.record_many(group, engine, writer=writer)
+                out.write("".join(x + "\n" for x in held))
+                group, held = [], []
+        if group:
+            api.record_many(group, engine, writer=writer)
+            out.write("".join(x + "\n" for x in held))
     except BaseException:
         if partial:
             out.close()
